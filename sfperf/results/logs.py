@@ -1,0 +1,216 @@
+"""Reads AlgoPerf log directories into per-trial eval arrays.
+
+Layout, as the official runner and scorer use it:
+`<root>/<submission>/<study>/<workload>_<framework>/trial_<k>/
+eval_measurements.csv`. Sibling submission directories whose name adds a
+timestamp suffix (`<submission>-YYYY-MM-DD-HH-MM-SS`) belong to that
+submission. Anything unexpected is reported as a warning that names the path
+and is then left out; nothing here raises for a bad log file.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import re
+from typing import Dict, List, Optional
+
+import numpy as np
+from absl import logging
+
+MEASUREMENTS_FILENAME = 'eval_measurements.csv'
+_TRIAL_DIR = re.compile(r'trial_(\d+)$')
+_TIMESTAMP_SUFFIX = re.compile(r'^(.*)-\d{4}(-\d{2}){5}$')
+_FRAMEWORK = re.compile(r'^(.*)_(jax|pytorch)$')
+
+
+class LogDirError(ValueError):
+  """The log directory as a whole cannot be read (not a per-file problem)."""
+
+
+@dataclasses.dataclass
+class TrialLog:
+  """One trial's eval history: each CSV column as a float array."""
+
+  submission: str
+  study: str
+  workload: str  # directory name, with framework suffix
+  trial: str
+  path: str
+  columns: Dict[str, np.ndarray]
+
+  @property
+  def trial_number(self) -> int:
+    return int(_TRIAL_DIR.match(self.trial).group(1))
+
+
+@dataclasses.dataclass
+class LogSet:
+  """All trials found under a root, grouped by submission, plus warnings."""
+
+  root: str
+  trials: Dict[str, List[TrialLog]]
+  warnings: List[str]
+
+
+def _warn(warnings: List[str], message: str) -> None:
+  warnings.append(message)
+  logging.warning(message)
+
+
+def _parse_float(text: str) -> float:
+  text = text.strip()
+  if not text:
+    return math.nan
+  return float(text)
+
+
+def read_eval_csv(path: str, warnings: List[str]) -> Optional[Dict]:
+  """Parses one eval_measurements.csv; None (with a warning) if unusable.
+
+  Bad bytes are replaced, a row with the wrong field count or a value that is
+  not a number becomes NaN in the affected cells, so that one broken line does
+  not discard a whole trial.
+  """
+  try:
+    with open(path, encoding='utf-8', errors='replace', newline='') as f:
+      rows = list(csv.reader(f))
+  except OSError as e:
+    _warn(warnings, f'{path}: cannot read ({e.strerror}); trial skipped')
+    return None
+  if not rows or not any(cell.strip() for cell in rows[0]):
+    _warn(warnings, f'{path}: empty file; trial skipped')
+    return None
+
+  header = [name.strip() for name in rows[0]]
+  body = [row for row in rows[1:] if row]
+  values = np.full((len(body), len(header)), np.nan)
+  bad_lines = []
+  for line_index, row in enumerate(body):
+    if len(row) != len(header):
+      bad_lines.append(line_index + 2)
+    for column_index, cell in enumerate(row[: len(header)]):
+      try:
+        values[line_index, column_index] = _parse_float(cell)
+      except ValueError:
+        if line_index + 2 not in bad_lines:
+          bad_lines.append(line_index + 2)
+  if bad_lines:
+    shown = ', '.join(str(n) for n in bad_lines[:5])
+    _warn(
+      warnings,
+      f'{path}: {len(bad_lines)} malformed line(s) (line {shown}); their '
+      'unreadable values count as NaN',
+    )
+  return {name: values[:, i] for i, name in enumerate(header)}
+
+
+def _submission_dirs(root: str) -> Dict[str, List[str]]:
+  """Maps submission name -> its directories (timestamped siblings merged)."""
+  groups: Dict[str, List[str]] = {}
+  for entry in sorted(os.listdir(root)):
+    path = os.path.join(root, entry)
+    if not os.path.isdir(path):
+      continue
+    match = _TIMESTAMP_SUFFIX.match(entry)
+    name = match.group(1) if match else entry
+    groups.setdefault(name, []).append(path)
+  return groups
+
+
+def _looks_like_submission(path: str) -> bool:
+  """True if `path/<study>/<workload>_<framework>/trial_<k>` dirs exist.
+
+  The framework suffix matters: stray trial directories directly under a
+  study (as in the published v0.5 external-tuning logs) must not make a
+  directory of submissions look like one submission.
+  """
+  for study in os.listdir(path):
+    study_path = os.path.join(path, study)
+    if not os.path.isdir(study_path):
+      continue
+    for workload in os.listdir(study_path):
+      workload_path = os.path.join(study_path, workload)
+      if (
+        _FRAMEWORK.match(workload)
+        and os.path.isdir(workload_path)
+        and any(_TRIAL_DIR.match(t) for t in os.listdir(workload_path))
+      ):
+        return True
+  return False
+
+
+def read_submission(
+  name: str, directories: List[str], warnings: List[str]
+) -> List[TrialLog]:
+  """Reads every trial of one submission from its directories."""
+  trials = []
+  for directory in directories:
+    for study in sorted(os.listdir(directory)):
+      study_path = os.path.join(directory, study)
+      if not os.path.isdir(study_path):
+        continue
+      for workload in sorted(os.listdir(study_path)):
+        workload_path = os.path.join(study_path, workload)
+        if not os.path.isdir(workload_path):
+          continue
+        trial_dirs = sorted(
+          (t for t in os.listdir(workload_path) if _TRIAL_DIR.match(t)),
+          key=lambda t: int(_TRIAL_DIR.match(t).group(1)),
+        )
+        if not trial_dirs:
+          _warn(
+            warnings,
+            f'{workload_path}: no trial_<k> directories; not a workload '
+            'directory, ignored',
+          )
+          continue
+        if not _FRAMEWORK.match(workload):
+          _warn(
+            warnings,
+            f'{workload_path}: directory name lacks a _jax or _pytorch '
+            'suffix; read as a workload name as it is',
+          )
+        for trial in trial_dirs:
+          trial_path = os.path.join(workload_path, trial)
+          csv_path = os.path.join(trial_path, MEASUREMENTS_FILENAME)
+          if not os.path.isfile(csv_path):
+            _warn(
+              warnings,
+              f'{trial_path}: no {MEASUREMENTS_FILENAME}; trial skipped',
+            )
+            continue
+          columns = read_eval_csv(csv_path, warnings)
+          if columns is None:
+            continue
+          trials.append(
+            TrialLog(name, study, workload, trial, csv_path, columns)
+          )
+  return trials
+
+
+def read_log_root(root: str) -> LogSet:
+  """Reads a directory of submissions, or a single submission directory."""
+  if not os.path.isdir(root):
+    raise LogDirError(f'log directory {root} does not exist')
+  warnings: List[str] = []
+  root = os.path.normpath(root)
+  if _looks_like_submission(root):
+    groups = {os.path.basename(root): [root]}
+  else:
+    groups = {
+      name: dirs
+      for name, dirs in _submission_dirs(root).items()
+      if any(_looks_like_submission(d) for d in dirs)
+    }
+  trials = {
+    name: read_submission(name, dirs, warnings) for name, dirs in groups.items()
+  }
+  trials = {name: found for name, found in trials.items() if found}
+  if not trials:
+    raise LogDirError(
+      f'{root}: no trials found; expected '
+      '<submission>/<study>/<workload>_<framework>/trial_<k>/'
+      f'{MEASUREMENTS_FILENAME}'
+    )
+  return LogSet(root=root, trials=trials, warnings=warnings)
