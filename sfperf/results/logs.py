@@ -38,6 +38,10 @@ class TrialLog:
   trial: str
   path: str
   columns: Dict[str, np.ndarray]
+  # Position in the directory listing of its workload folder (os.listdir
+  # order, file-system dependent). The official scorer keeps trials in this
+  # order and so resolves ties by it; kept to reproduce it exactly.
+  listing_index: int = 0
 
   @property
   def trial_number(self) -> int:
@@ -154,10 +158,9 @@ def read_submission(
         workload_path = os.path.join(study_path, workload)
         if not os.path.isdir(workload_path):
           continue
-        trial_dirs = sorted(
-          (t for t in os.listdir(workload_path) if _TRIAL_DIR.match(t)),
-          key=lambda t: int(_TRIAL_DIR.match(t).group(1)),
-        )
+        trial_dirs = [
+          t for t in os.listdir(workload_path) if _TRIAL_DIR.match(t)
+        ]
         if not trial_dirs:
           _warn(
             warnings,
@@ -184,7 +187,15 @@ def read_submission(
           if columns is None:
             continue
           trials.append(
-            TrialLog(name, study, workload, trial, csv_path, columns)
+            TrialLog(
+              name,
+              study,
+              workload,
+              trial,
+              csv_path,
+              columns,
+              listing_index=len(trials),
+            )
           )
   return trials
 

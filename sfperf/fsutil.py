@@ -1,0 +1,34 @@
+"""Atomic file writes: a reader never sees half a file, a crash leaves the
+old file in place."""
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path in the target's directory; renames on success."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  handle, temp_path = tempfile.mkstemp(
+    prefix=f'.{os.path.basename(path)}.', suffix=suffix, dir=directory
+  )
+  os.close(handle)
+  try:
+    yield temp_path
+    os.replace(temp_path, path)
+  finally:
+    if os.path.exists(temp_path):
+      os.remove(temp_path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (UTF-8)."""
+  with atomic_path(path) as temp_path:
+    with open(temp_path, 'w', encoding='utf-8', newline='') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
