@@ -1,0 +1,156 @@
+"""`sfperf demo`: both self-tuning submissions on the digits proxy, scored.
+
+Runs the Schedule-Free AdamW entry and the NAdamW baseline through the local
+runner (several seeded studies each), then scores the logs the way the
+official scorer does and prints the time-to-target table. Finished trials are
+kept and skipped on a second call; `--fresh` moves earlier output aside.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from typing import List, Tuple
+
+from absl import logging
+
+from sfperf.catalog import load_proxy_catalog
+from sfperf.results.logs import read_log_root
+from sfperf.results.report import markdown_table, write_outputs
+from sfperf.results.scoring import score_logs
+from sfperf.seeds import derive_seed
+
+SUBMISSIONS = (
+  (
+    'schedule_free_adamw',
+    'submissions/self_tuning/schedule_free_adamw/submission.py',
+  ),
+  ('nadamw_baseline', 'submissions/self_tuning/nadamw_baseline/submission.py'),
+)
+WORKLOAD = 'digits'
+FRAMEWORK = 'pytorch'
+LABEL = 'local proxy path (digits, CPU), not an official AlgoPerf score'
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog='sfperf demo', description=__doc__.splitlines()[0]
+  )
+  parser.add_argument(
+    '--out', default='demo_out', help='output folder (default demo_out)'
+  )
+  parser.add_argument(
+    '--studies', type=int, default=3, help='studies per submission'
+  )
+  parser.add_argument(
+    '--benchmark',
+    choices=('v0.5', 'v0.6'),
+    default='v0.6',
+    help='whose timing rules and self-tuning budget factor apply',
+  )
+  parser.add_argument(
+    '--fresh',
+    action='store_true',
+    help='move an earlier demo output aside (kept, renamed) and rerun',
+  )
+  return parser
+
+
+def _trial_finished(trial_dir: str) -> bool:
+  """A trial whose measurements.csv ends with the runner's final score row."""
+  path = os.path.join(trial_dir, 'measurements.csv')
+  if not os.path.isfile(path):
+    return False
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  if len(lines) < 2:
+    return False
+  header = lines[0].split(',')
+  last = lines[-1].split(',')
+  filled = [name for name, value in zip(header, last, strict=False) if value]
+  return filled == ['score']
+
+
+def _plan(studies: int) -> List[Tuple[str, str, int]]:
+  return [
+    (name, path, study)
+    for study in range(studies)
+    for name, path in SUBMISSIONS
+  ]
+
+
+def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
+  from sfperf import runner
+
+  experiment_dir = os.path.join(out, 'logs', name)
+  trial_dir = os.path.join(
+    experiment_dir, f'study_{study}', f'{WORKLOAD}_{FRAMEWORK}', 'trial_1'
+  )
+  if _trial_finished(trial_dir):
+    return None
+  results = runner.run(
+    path,
+    WORKLOAD,
+    experiment_dir=experiment_dir,
+    experiment_name=f'study_{study}',
+    framework=FRAMEWORK,
+    tuning_ruleset='self',
+    rng_seed=derive_seed(name, WORKLOAD, study, 1),
+    benchmark=benchmark,
+    resume_last_run=os.path.isdir(os.path.dirname(trial_dir)),
+    save_checkpoints=True,
+    save_intermediate_checkpoints=False,
+  )
+  return results[0]
+
+
+def main(argv) -> int:
+  args = build_parser().parse_args(argv)
+  if args.studies < 1:
+    print('sfperf demo: --studies must be at least 1', file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.WARNING)
+  if args.fresh and os.path.exists(args.out):
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    backup = f'{args.out}.previous-{stamp}'
+    os.replace(args.out, backup)
+    print(f'Moved the earlier demo output to {backup}')
+
+  plan = _plan(args.studies)
+  print(
+    f'Running {len(plan)} self-tuning trials on the {WORKLOAD} proxy '
+    f'({args.benchmark} rules) into {args.out}/logs'
+  )
+  started = time.time()
+  for number, (name, path, study) in enumerate(plan, start=1):
+    prefix = f'[{number}/{len(plan)}] {name} study_{study}'
+    print(f'{prefix}: training...', end='', flush=True)
+    run_started = time.time()
+    result = _run_one(args.out, name, path, study, args.benchmark)
+    if result is None:
+      print(f'\r{prefix}: already finished, kept')
+      continue
+    outcome = (
+      f'target reached, score {result.score:.1f} s'
+      if result.validation_goal_reached
+      else f'target not reached in {result.score:.1f} s'
+    )
+    print(
+      f'\r{prefix}: {outcome}, {result.global_step} steps '
+      f'({time.time() - run_started:.0f} s wall)'
+    )
+
+  catalog = load_proxy_catalog(args.benchmark)
+  scores = score_logs(read_log_root(os.path.join(args.out, 'logs')), catalog)
+  paths = write_outputs(
+    scores, os.path.join(args.out, 'scores'), 'self-tuning', LABEL
+  )
+  print()
+  print(markdown_table(scores, 'self-tuning', LABEL), end='')
+  print(
+    f'\nDone in {time.time() - started:.0f} s. Logs: {args.out}/logs; '
+    f'table: {paths["table"]}; profile: {paths["profile"]}; '
+    f'scores: {paths["scores"]}'
+  )
+  return 0
