@@ -17,6 +17,10 @@ def atomic_path(path: str) -> Iterator[str]:
     prefix=f'.{os.path.basename(path)}.', suffix=suffix, dir=directory
   )
   os.close(handle)
+  # mkstemp creates 0600 files; give the result the usual umask-based mode.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(temp_path, 0o666 & ~umask)
   try:
     yield temp_path
     os.replace(temp_path, path)

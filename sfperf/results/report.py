@@ -143,7 +143,8 @@ def write_outputs(
   )
   plot_profiles(
     scores,
-    f'Performance profiles: {describe(scores, ruleset, path_label)}',
+    f'Performance profiles, {scores.catalog.benchmark_version} catalog, '
+    f'{ruleset}\n{path_label}',
     paths['profile'],
   )
   return paths
