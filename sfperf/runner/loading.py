@@ -1,0 +1,124 @@
+"""Finding the pieces of a run: workload, submission module, search space."""
+
+import collections
+import glob
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, List, Optional
+
+REPO_ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+
+# Workloads the local runner can train: name -> (module, class).
+WORKLOADS = {
+  'digits': ('workloads.digits', 'DigitsWorkload'),
+}
+
+
+class UsageError(ValueError):
+  """A user input (flag, path, file) is wrong; the message says which."""
+
+
+def make_workload(name: str):
+  """Instantiates a registered workload by name."""
+  if name not in WORKLOADS:
+    raise UsageError(
+      f'unknown workload {name!r}; the local runner knows: '
+      f'{", ".join(sorted(WORKLOADS))}'
+    )
+  module_name, class_name = WORKLOADS[name]
+  return getattr(importlib.import_module(module_name), class_name)()
+
+
+def known_submissions() -> List[str]:
+  pattern = os.path.join(REPO_ROOT, 'submissions', '**', 'submission.py')
+  return sorted(
+    os.path.relpath(path, REPO_ROOT)
+    for path in glob.glob(pattern, recursive=True)
+  )
+
+
+def _module_name_for(path: str) -> Optional[str]:
+  """A dotted module name for an absolute path under a sys.path entry."""
+  stem = os.path.splitext(os.path.abspath(path))[0]
+  for entry in sys.path:
+    root = os.path.abspath(entry or os.getcwd())
+    if stem.startswith(root + os.sep):
+      relative = os.path.relpath(stem, root)
+      return relative.replace(os.sep, '.')
+  return None
+
+
+def load_submission(submission_path: str):
+  """Imports a submission module from its file path.
+
+  A relative path is turned into a module name the official way (drop
+  `.py`, `/` becomes `.`), so it must be importable from the working
+  directory or the repository root. An absolute path is imported by module
+  name when it lies under a `sys.path` entry, else straight from the file.
+  """
+  if (
+    submission_path
+    and not os.path.isabs(submission_path)
+    and not os.path.isfile(submission_path)
+    and os.path.isfile(os.path.join(REPO_ROOT, submission_path))
+  ):
+    submission_path = os.path.join(REPO_ROOT, submission_path)
+  if not submission_path or not os.path.isfile(submission_path):
+    raise UsageError(
+      f'submission path {submission_path!r} is not a file; known '
+      f'submissions: {", ".join(known_submissions()) or "none"}'
+    )
+  if os.path.isabs(submission_path):
+    module_name = _module_name_for(submission_path)
+  else:
+    module_name = os.path.splitext(os.path.normpath(submission_path))[0]
+    module_name = module_name.replace(os.sep, '.')
+  if module_name is not None:
+    try:
+      return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+      if not module_name.startswith(e.name or '\0'):
+        raise
+  spec = importlib.util.spec_from_file_location(
+    '_sfperf_submission', os.path.abspath(submission_path)
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_search_space(path: str, num_tuning_trials: int) -> List[Any]:
+  """Hyperparameter points (namedtuples) from a list-of-points JSON file.
+
+  Only the list form is supported: the first `num_tuning_trials` points are
+  used in order, as the official runner does. The dict form (Halton sampling
+  over feasible points and ranges) raises UsageError until it is built.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      raw = json.load(f)
+  except FileNotFoundError:
+    raise UsageError(f'search space file {path!r} does not exist') from None
+  except json.JSONDecodeError as e:
+    raise UsageError(f'search space file {path!r}: not JSON ({e})') from None
+  if isinstance(raw, dict):
+    raise UsageError(
+      f'search space {path!r} is in the dict (Halton) form, which the local '
+      'runner does not support yet; give a list of points instead'
+    )
+  if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+    raise UsageError(f'search space {path!r} must be a list of objects')
+  points = raw[:num_tuning_trials]
+  return [to_hyperparameters(point) for point in points]
+
+
+def to_hyperparameters(point: dict):
+  names = sorted(point)
+  return collections.namedtuple('Hyperparameters', names)(
+    **{name: point[name] for name in names}
+  )

@@ -1,0 +1,375 @@
+"""One trial: the official training loop, its clock and its evals.
+
+Follows ALGOPERF.md 2.3. Setup (input queue, model, optimizer state,
+checkpoint restore, meta data) is untimed. Each step's data selection,
+update and loop overhead are timed into `accumulated_submission_time`; evals,
+logging and checkpoints are not. Where v0.5 and v0.6 differ, the benchmark
+rules (`budget_checked_every_step`) decide, never a version string.
+"""
+
+import dataclasses
+import inspect
+import os
+import time
+import types
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from absl import logging
+
+from sfperf.api import spec
+from sfperf.runner import checkpoint, logs, prng
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+  """The timing rules of one benchmark version, from its catalog."""
+
+  budget_sec: float
+  budget_checked_every_step: bool
+  stop_at_targets: bool = True
+
+
+@dataclasses.dataclass
+class TrialResult:
+  """What a finished (or stopped) trial left behind."""
+
+  trial_dir: str
+  trial_index: int
+  rng_seed: int
+  hyperparameters: Optional[Dict[str, Any]]
+  global_step: int
+  score: float
+  validation_goal_reached: bool
+  test_goal_reached: bool
+  preemption_count: int
+  eval_results: List[Tuple[int, Dict[str, Any]]]
+
+  @property
+  def reached_target(self) -> bool:
+    """Whether the validation target was reached (what scoring uses)."""
+    return self.validation_goal_reached
+
+
+def get_time() -> float:
+  """Wall time, after waiting for queued GPU work (official behaviour)."""
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+  return time.time()
+
+
+def _fresh_train_state() -> Dict[str, Any]:
+  return {
+    'validation_goal_reached': False,
+    'test_goal_reached': False,
+    'is_time_remaining': True,
+    'last_eval_time': 0.0,
+    'training_complete': False,
+    'accumulated_submission_time': 0.0,
+    'accumulated_eval_time': 0.0,
+    'accumulated_logging_time': 0.0,
+    'last_step_end_time': None,
+  }
+
+
+def train_once(
+  *,
+  workload: spec.Workload,
+  submission,
+  hyperparameters,
+  global_batch_size: int,
+  global_eval_batch_size: int,
+  rules: Rules,
+  trial_dir: str,
+  trial_index: int,
+  rng_seed: int,
+  flag_values: Dict[str, Any],
+  data_dir: Optional[str] = None,
+  max_global_steps: Optional[int] = None,
+  save_checkpoints: bool = True,
+  save_intermediate_checkpoints: bool = True,
+) -> TrialResult:
+  """Trains one trial into `trial_dir`, resuming from its last checkpoint."""
+  os.makedirs(trial_dir, exist_ok=True)
+  rng = prng.prng_key(rng_seed)
+  data_rng, model_rng, opt_rng = prng.split(rng, 3)
+  input_queue = workload._build_input_queue(
+    data_rng, 'train', data_dir=data_dir, global_batch_size=global_batch_size
+  )
+  model_params, model_state = workload.init_model_fn(model_rng)
+  optimizer_state = submission.init_optimizer_state(
+    workload, model_params, model_state, hyperparameters, opt_rng
+  )
+  update_params = submission.update_params
+  data_selection = submission.data_selection
+  prepare_for_eval = getattr(submission, 'prepare_for_eval', None)
+  needs_train_state = (
+    'train_state' in inspect.signature(update_params).parameters
+  )
+
+  train_state = _fresh_train_state()
+  eval_results: List[Tuple[int, Dict[str, Any]]] = []
+  global_step = 0
+  preemption_count = 0
+  latest = checkpoint.latest_checkpoint(trial_dir)
+  if latest is not None:
+    restored = checkpoint.restore_checkpoint(
+      latest, optimizer_state, model_params
+    )
+    optimizer_state = restored['optimizer_state']
+    model_state = restored['model_state']
+    train_state.update(restored['train_state'])
+    eval_results = restored['eval_results']
+    global_step = restored['global_step']
+    preemption_count = restored['preemption_count'] + 1
+    rng = restored['rng']
+    # Reaching max_global_steps is not a property of the trial: a resumed run
+    # with a larger (or no) step limit continues training. The official
+    # runner keeps `training_complete` and stops at once.
+    if restored['extra'].get('stopped_by_max_global_steps') and (
+      max_global_steps is None or global_step < max_global_steps
+    ):
+      train_state['training_complete'] = False
+    logging.info(
+      'Resumed %s at step %d (preemption %d).',
+      latest,
+      global_step,
+      preemption_count,
+    )
+
+  logs.write_json(
+    os.path.join(trial_dir, f'meta_data_{preemption_count}.json'),
+    logs.meta_data(workload, rng_seed),
+  )
+  logs.write_json(
+    os.path.join(trial_dir, f'flags_{preemption_count}.json'), flag_values
+  )
+  metrics_logger = logs.MetricsLogger(trial_dir)
+  workload.attach_metrics_logger(metrics_logger)
+  stopped_by_step_limit = False
+
+  def save(step: int) -> None:
+    if save_checkpoints:
+      checkpoint.save_checkpoint(
+        trial_dir,
+        optimizer_state=optimizer_state,
+        model_params=model_params,
+        model_state=model_state,
+        train_state=train_state,
+        eval_results=eval_results,
+        global_step=step,
+        preemption_count=preemption_count,
+        rng=rng,
+        extra={'stopped_by_max_global_steps': stopped_by_step_limit},
+        keep_intermediate=save_intermediate_checkpoints,
+      )
+
+  global_start_time = get_time()
+  train_state['last_step_end_time'] = global_start_time
+  goals_reached = rules.stop_at_targets and (
+    train_state['validation_goal_reached'] and train_state['test_goal_reached']
+  )
+  while (
+    train_state['is_time_remaining']
+    and not goals_reached
+    and not train_state['training_complete']
+  ):
+    step_rng = prng.fold_in(rng, global_step)
+    data_select_rng, update_rng, prep_eval_rng, eval_rng = prng.split(
+      step_rng, 4
+    )
+    batch = data_selection(
+      workload,
+      input_queue,
+      optimizer_state,
+      model_params,
+      model_state,
+      hyperparameters,
+      global_step,
+      data_select_rng,
+    )
+    extra_args = {}
+    if needs_train_state:
+      extra_args['train_state'] = types.MappingProxyType(train_state)
+    try:
+      optimizer_state, model_params, model_state = update_params(
+        workload=workload,
+        current_param_container=model_params,
+        current_params_types=workload.model_params_types,
+        model_state=model_state,
+        hyperparameters=hyperparameters,
+        batch=batch,
+        loss_type=workload.loss_type,
+        optimizer_state=optimizer_state,
+        eval_results=eval_results,
+        global_step=global_step,
+        rng=update_rng,
+        **extra_args,
+      )
+    except spec.TrainingCompleteError:
+      train_state['training_complete'] = True
+    global_step += 1
+    if max_global_steps is not None and global_step >= max_global_steps:
+      train_state['training_complete'] = True
+      stopped_by_step_limit = True
+
+    step_end_time = get_time()
+    train_state['accumulated_submission_time'] += (
+      step_end_time - train_state['last_step_end_time']
+    )
+    if rules.budget_checked_every_step:
+      train_state['is_time_remaining'] = (
+        train_state['accumulated_submission_time'] < rules.budget_sec
+      )
+
+    eval_due = (
+      step_end_time - train_state['last_eval_time']
+      >= workload.eval_period_time_sec
+    )
+    if eval_due or train_state['training_complete']:
+      if prepare_for_eval is not None:
+        prepare_start = get_time()
+        optimizer_state, model_params, model_state = prepare_for_eval(
+          workload=workload,
+          current_param_container=model_params,
+          current_params_types=workload.model_params_types,
+          model_state=model_state,
+          hyperparameters=hyperparameters,
+          loss_type=workload.loss_type,
+          optimizer_state=optimizer_state,
+          eval_results=eval_results,
+          global_step=global_step,
+          rng=prep_eval_rng,
+        )
+        train_state['accumulated_submission_time'] += get_time() - prepare_start
+      # v0.6 checks the budget here, after prepare_for_eval, and skips the
+      # eval when it is spent. v0.5 checked every step and still ran the
+      # eval of the step that crossed the budget (the "free eval").
+      train_state['is_time_remaining'] = (
+        train_state['accumulated_submission_time'] < rules.budget_sec
+      )
+      if train_state['is_time_remaining'] or rules.budget_checked_every_step:
+        goals_reached = _evaluate(
+          workload=workload,
+          params=model_params,
+          model_state=model_state,
+          rng=eval_rng,
+          data_dir=data_dir,
+          global_eval_batch_size=global_eval_batch_size,
+          global_step=global_step,
+          global_start_time=global_start_time,
+          train_state=train_state,
+          eval_results=eval_results,
+          metrics_logger=metrics_logger,
+          preemption_count=preemption_count,
+          save=save,
+          stop_at_targets=rules.stop_at_targets,
+        )
+
+    train_state['last_step_end_time'] = get_time()
+
+  metrics_logger.append_scalar_metrics(
+    {'score': train_state['accumulated_submission_time']},
+    global_step=global_step,
+    preemption_count=preemption_count,
+  )
+  save(global_step)
+  logging.info(
+    'Trial %d ended at step %d, score %.2fs, validation target %s.',
+    trial_index,
+    global_step,
+    train_state['accumulated_submission_time'],
+    'reached' if train_state['validation_goal_reached'] else 'not reached',
+  )
+  return TrialResult(
+    trial_dir=trial_dir,
+    trial_index=trial_index,
+    rng_seed=rng_seed,
+    hyperparameters=(
+      None if hyperparameters is None else hyperparameters._asdict()
+    ),
+    global_step=global_step,
+    score=train_state['accumulated_submission_time'],
+    validation_goal_reached=train_state['validation_goal_reached'],
+    test_goal_reached=train_state['test_goal_reached'],
+    preemption_count=preemption_count,
+    eval_results=eval_results,
+  )
+
+
+def _evaluate(
+  *,
+  workload,
+  params,
+  model_state,
+  rng,
+  data_dir,
+  global_eval_batch_size,
+  global_step,
+  global_start_time,
+  train_state,
+  eval_results,
+  metrics_logger,
+  preemption_count,
+  save,
+  stop_at_targets,
+) -> bool:
+  """One untimed eval, logged and checkpointed; returns goals_reached."""
+  eval_start = get_time()
+  try:
+    result = workload.eval_model(
+      global_eval_batch_size,
+      params,
+      model_state,
+      rng,
+      data_dir,
+      None,
+      global_step,
+    )
+  except RuntimeError:
+    # The official runner logs a failed eval (typically out of memory) and
+    # keeps training; the next eligible step tries again.
+    logging.exception(
+      'Eval at step %d failed; training continues.', global_step
+    )
+    return False
+  train_state['validation_goal_reached'] = (
+    workload.has_reached_validation_target(result)
+    or train_state['validation_goal_reached']
+  )
+  if workload.num_test_examples is not None:
+    train_state['test_goal_reached'] = (
+      workload.has_reached_test_target(result)
+      or train_state['test_goal_reached']
+    )
+  eval_end = get_time()
+  train_state['last_eval_time'] = eval_end
+  train_state['accumulated_eval_time'] += eval_end - eval_start
+  result['score'] = train_state['accumulated_submission_time']
+  result['total_duration'] = eval_end - global_start_time
+  for key in (
+    'accumulated_submission_time',
+    'accumulated_eval_time',
+    'accumulated_logging_time',
+  ):
+    result[key] = train_state[key]
+  logging.info(
+    'Time since start: %.2fs, Step: %d, %s',
+    result['total_duration'],
+    global_step,
+    {key: round(value, 4) for key, value in result.items()},
+  )
+  eval_results.append((global_step, result))
+
+  logging_start = get_time()
+  metrics_logger.append_scalar_metrics(
+    dict(result),
+    global_step=global_step,
+    preemption_count=preemption_count,
+    is_eval=True,
+  )
+  save(global_step)
+  train_state['accumulated_logging_time'] += get_time() - logging_start
+  return stop_at_targets and (
+    train_state['validation_goal_reached'] and train_state['test_goal_reached']
+  )

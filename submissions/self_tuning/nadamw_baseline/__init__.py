@@ -1,0 +1,1 @@
+"""AlgoPerf's self-tuning NAdamW baseline, restated in PyTorch."""
