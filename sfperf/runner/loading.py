@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Any, List, Optional
 
@@ -84,10 +85,11 @@ def load_submission(submission_path: str):
     except ModuleNotFoundError as e:
       if not module_name.startswith(e.name or '\0'):
         raise
-  spec = importlib.util.spec_from_file_location(
-    '_sfperf_submission', os.path.abspath(submission_path)
-  )
+  path = os.path.abspath(submission_path)
+  name = '_sfperf_submission_' + re.sub(r'\W', '_', path)
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
   spec.loader.exec_module(module)
   return module
 
