@@ -31,8 +31,9 @@ def main(argv=None) -> int:
     from sfperf import demo
 
     return demo.main(rest)
-  print(f'sfperf: unknown command {command!r}\n{_USAGE}', end='',
-        file=sys.stderr)
+  print(
+    f'sfperf: unknown command {command!r}\n{_USAGE}', end='', file=sys.stderr
+  )
   return 2
 
 

@@ -96,7 +96,9 @@ class Workload(metaclass=abc.ABCMeta):
     """The validation metric the target applies to, without split prefix."""
 
   @abc.abstractmethod
-  def has_reached_validation_target(self, eval_result: Dict[str, float]) -> bool:
+  def has_reached_validation_target(
+    self, eval_result: Dict[str, float]
+  ) -> bool:
     """Strict comparison of the validation metric with the target."""
 
   @abc.abstractmethod
@@ -175,8 +177,7 @@ class Workload(metaclass=abc.ABCMeta):
   def param_shapes(self):
     if self._param_shapes is None:
       raise ValueError(
-        'workload.init_model_fn() must be called before '
-        'workload.param_shapes.'
+        'workload.init_model_fn() must be called before workload.param_shapes.'
       )
     return self._param_shapes
 
