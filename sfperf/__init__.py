@@ -1,3 +1,3 @@
-"""sfperf: Schedule-Free AdamW as AlgoPerf submissions, a local runner, scoring."""
+"""sfperf: Schedule-Free AdamW as AlgoPerf submissions, runner and scoring."""
 
 __version__ = '0.1.0'

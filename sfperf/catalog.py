@@ -63,6 +63,9 @@ class Catalog:
   num_trials_external: int
   self_tuning_budget_factor: float
   budget_checked_every_step: bool
+  # Optional submission functions the runner of this version calls:
+  # 'prepare_for_eval' and the `train_state` argument came with v0.6.
+  runner_hooks: Tuple[str, ...]
   base_workloads: Tuple[str, ...]
   held_out_workloads: Tuple[str, ...]
   workloads: Dict[str, WorkloadSpec]
@@ -146,6 +149,7 @@ def load_catalog_file(path: str) -> Catalog:
       _require(raw, 'self_tuning_budget_factor', path)
     ),
     budget_checked_every_step=bool(raw.get('budget_checked_every_step')),
+    runner_hooks=tuple(raw.get('runner_hooks', ())),
     base_workloads=tuple(_require(raw, 'base_workloads', path)),
     held_out_workloads=tuple(_require(raw, 'held_out_workloads', path)),
     workloads=workloads,
@@ -187,5 +191,6 @@ def load_proxy_catalog(benchmark_version: str) -> Catalog:
     benchmark_version=f'{benchmark_version} rules, proxy suite',
     self_tuning_budget_factor=rules.self_tuning_budget_factor,
     budget_checked_every_step=rules.budget_checked_every_step,
+    runner_hooks=rules.runner_hooks,
     held_out_workloads=(),
   )

@@ -205,6 +205,7 @@ def run(
     budget_sec=workload_obj.max_allowed_runtime_sec * budget_factor,
     budget_checked_every_step=rules_catalog.budget_checked_every_step,
     stop_at_targets=stop_at_targets,
+    runner_hooks=rules_catalog.runner_hooks,
   )
 
   workload_dir = os.path.join(

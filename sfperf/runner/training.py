@@ -28,6 +28,9 @@ class Rules:
   budget_sec: float
   budget_checked_every_step: bool
   stop_at_targets: bool = True
+  # Optional submission hooks this version's runner calls (catalog field
+  # `runner_hooks`): v0.5 knew neither prepare_for_eval nor train_state.
+  runner_hooks: Tuple[str, ...] = ('prepare_for_eval', 'train_state')
 
 
 @dataclasses.dataclass
@@ -102,9 +105,12 @@ def train_once(
   )
   update_params = submission.update_params
   data_selection = submission.data_selection
-  prepare_for_eval = getattr(submission, 'prepare_for_eval', None)
+  prepare_for_eval = None
+  if 'prepare_for_eval' in rules.runner_hooks:
+    prepare_for_eval = getattr(submission, 'prepare_for_eval', None)
   needs_train_state = (
-    'train_state' in inspect.signature(update_params).parameters
+    'train_state' in rules.runner_hooks
+    and 'train_state' in inspect.signature(update_params).parameters
   )
 
   train_state = _fresh_train_state()

@@ -101,7 +101,8 @@ def test_budget_rules(
   tmp_path, fake_clock, digits_timing, benchmark, free_eval
 ):
   # Each clock reading is one second; a baseline step costs 2 s of
-  # submission time (step + prepare_for_eval). Self-tuning budget 1.5 x 10.
+  # submission time (step, plus prepare_for_eval under v0.6). Self-tuning
+  # budget 1.5 x 10.
   digits_timing(budget_sec=10.0, eval_period_sec=0.0)
   (result,) = _run_self(tmp_path, benchmark=benchmark, max_global_steps=100)
   budget = 15.0
@@ -287,3 +288,43 @@ def test_external_ruleset_trials_and_hparams(tmp_path):
       tuning_ruleset='self',
       tuning_search_space=str(space),
     )
+
+
+def test_v05_rules_call_neither_v06_hook(tmp_path):
+  # v0.5's runner had no prepare_for_eval and no train_state argument; a
+  # module that defines both sees neither under v0.5 rules.
+  source = _RECORDING_SUBMISSION.format(
+    params=_ARGS + ', train_state=None', seen='train_state'
+  ) + (
+    '\n\nPREPARED = []\n\n\n'
+    'def prepare_for_eval(workload, current_param_container, **kwargs):\n'
+    '  PREPARED.append(1)\n'
+    '  return (kwargs["optimizer_state"], current_param_container, '
+    'kwargs["model_state"])\n'
+  )
+  for benchmark in ('v0.5', 'v0.6'):
+    path = tmp_path / f'hooks_{benchmark.replace(".", "")}.py'
+    path.write_text(source)
+    run(
+      str(path),
+      'digits',
+      experiment_dir=str(tmp_path),
+      experiment_name=f'exp_{benchmark}',
+      tuning_ruleset='self',
+      rng_seed=0,
+      max_global_steps=2,
+      save_checkpoints=False,
+      benchmark=benchmark,
+    )
+    import sys
+
+    module = next(
+      m
+      for m in sys.modules.values()
+      if getattr(m, '__file__', None) == str(path)
+    )
+    if benchmark == 'v0.5':
+      assert module.SEEN == [None, None] and module.PREPARED == []
+    else:
+      assert all(isinstance(s, types.MappingProxyType) for s in module.SEEN)
+      assert module.PREPARED
