@@ -105,6 +105,34 @@ def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
   return results[0]
 
 
+def _outcome(result, spec) -> str:
+  """When the run first met the validation target, as scoring counts it."""
+  for _, metrics in result.eval_results:
+    value = metrics.get(spec.validation_metric)
+    if value is None:
+      continue
+    met = (
+      value <= spec.validation_target_value
+      if spec.minimize
+      else value >= spec.validation_target_value
+    )
+    if met:
+      return (
+        f'{spec.validation_metric} {value:.4f} reached the target '
+        f'{spec.validation_target_value:g} at {metrics["score"]:.1f} s'
+      )
+  best = [
+    m[spec.validation_metric]
+    for _, m in result.eval_results
+    if spec.validation_metric in m
+  ]
+  best_value = (min if spec.minimize else max)(best) if best else float('nan')
+  return (
+    f'target {spec.validation_target_value:g} not reached (best '
+    f'{spec.validation_metric} {best_value:.4f})'
+  )
+
+
 def main(argv) -> int:
   args = build_parser().parse_args(argv)
   if args.studies < 1:
@@ -122,26 +150,27 @@ def main(argv) -> int:
     f'Running {len(plan)} self-tuning trials on the {WORKLOAD} proxy '
     f'({args.benchmark} rules) into {args.out}/logs'
   )
+  catalog = load_proxy_catalog(args.benchmark)
+  spec = catalog.workload(WORKLOAD)
+  interactive = sys.stdout.isatty()
   started = time.time()
   for number, (name, path, study) in enumerate(plan, start=1):
     prefix = f'[{number}/{len(plan)}] {name} study_{study}'
-    print(f'{prefix}: training...', end='', flush=True)
+    if interactive:
+      print(f'{prefix}: training...', end='', flush=True)
     run_started = time.time()
     result = _run_one(args.out, name, path, study, args.benchmark)
+    if interactive:
+      print('\r', end='')
     if result is None:
-      print(f'\r{prefix}: already finished, kept')
+      print(f'{prefix}: finished earlier, kept')
       continue
-    outcome = (
-      f'target reached, score {result.score:.1f} s'
-      if result.validation_goal_reached
-      else f'target not reached in {result.score:.1f} s'
-    )
     print(
-      f'\r{prefix}: {outcome}, {result.global_step} steps '
+      f'{prefix}: {_outcome(result, spec)}; stopped at step '
+      f'{result.global_step}, {result.score:.1f} s submission time '
       f'({time.time() - run_started:.0f} s wall)'
     )
 
-  catalog = load_proxy_catalog(args.benchmark)
   scores = score_logs(read_log_root(os.path.join(args.out, 'logs')), catalog)
   paths = write_outputs(
     scores, os.path.join(args.out, 'scores'), 'self-tuning', LABEL

@@ -5,8 +5,10 @@ import math
 import os
 from typing import Dict, List
 
+import numpy as np
+
 from sfperf.fsutil import atomic_path, atomic_write_text
-from sfperf.results.scoring import Scores
+from sfperf.results.scoring import TIME_COLUMN, Scores
 
 
 def format_seconds(value: float) -> str:
@@ -92,13 +94,27 @@ def markdown_table(scores: Scores, ruleset: str, path_label: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot_profiles(scores: Scores, title: str, path: str) -> None:
-  """Performance profile PNG, one step line per submission."""
+def _pyplot():
   import matplotlib
 
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt
+  from matplotlib import pyplot
 
+  return pyplot
+
+
+def _save_png(figure, path: str) -> None:
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png')
+  _pyplot().close(figure)
+  with atomic_path(path) as temp_path:
+    with open(temp_path, 'wb') as f:
+      f.write(buffer.getvalue())
+
+
+def plot_profiles(scores: Scores, title: str, path: str) -> None:
+  """Performance profile PNG, one step line per submission."""
+  plt = _pyplot()
   figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
   for name in scores.submissions:
     axes.step(
@@ -116,16 +132,155 @@ def plot_profiles(scores: Scores, title: str, path: str) -> None:
   axes.grid(alpha=0.3)
   axes.legend(loc='lower right', fontsize=9)
   figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format='png')
-  plt.close(figure)
-  with atomic_path(path) as temp_path:
-    with open(temp_path, 'wb') as f:
-      f.write(buffer.getvalue())
+  _save_png(figure, path)
+
+
+def _drawn_trials(scores: Scores, workload: str):
+  """(submission index, study number, trial) to draw for a workload.
+
+  Each study shows the trial that decided its time to target, or its only
+  trial (self-tuning) when the target was not reached.
+  """
+  for index, name in enumerate(scores.submissions):
+    result = scores.results[name].get(workload)
+    for number, study in enumerate(result.studies if result else ()):
+      trial = study.winner
+      if trial is None and len(study.trials) == 1:
+        trial = study.trials[0]
+      if trial is not None:
+        yield index, number, trial
+
+
+def plot_workload_curves(
+  scores: Scores, workload: str, self_tuning: bool, path: str
+) -> None:
+  """Validation metric against submission time, one line per study.
+
+  The target is a dashed line, the runtime budget a dotted one, and a dot
+  marks the eval at which a study reached the target.
+  """
+  spec = scores.catalog.workload(workload)
+  budget = scores.catalog.budget_sec(workload, self_tuning)
+  drawn = [
+    (index, number, trial)
+    for index, number, trial in _drawn_trials(scores, workload)
+    if TIME_COLUMN in trial.trial.columns
+    and spec.validation_metric in trial.trial.columns
+  ]
+  longest = max(
+    [budget] + [np.nanmax(t.trial.columns[TIME_COLUMN]) for *_, t in drawn]
+  )
+  scale, unit = (3600.0, 'hours') if longest > 7200 else (1.0, 's')
+
+  plt = _pyplot()
+  figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for index, number, trial in drawn:
+    color = colors[index % len(colors)]
+    times = trial.trial.columns[TIME_COLUMN] / scale
+    values = trial.trial.columns[spec.validation_metric]
+    label = scores.submissions[index] if number == 0 else None
+    axes.plot(times, values, color=color, alpha=0.8, lw=1.4, label=label)
+    if trial.eval_index is not None:
+      axes.plot(
+        times[trial.eval_index],
+        values[trial.eval_index],
+        'o',
+        color=color,
+        markersize=4,
+      )
+  axes.axhline(
+    spec.validation_target_value,
+    color='black',
+    linestyle='--',
+    lw=1,
+    label=f'target {spec.validation_target_value:g}',
+  )
+  axes.axvline(
+    budget / scale,
+    color='gray',
+    linestyle=':',
+    lw=1.2,
+    label=f'budget {budget:g} s',
+  )
+  low, high = _metric_view(scores, workload, spec)
+  if low is not None:
+    axes.set_ylim(low, high)
+  axes.set_xlabel(f'submission time ({unit})')
+  axes.set_ylabel(spec.validation_metric)
+  axes.set_title(
+    f'{workload}: one line per study (dot: target reached)', fontsize=10
+  )
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8, loc='best')
+  figure.tight_layout()
+  _save_png(figure, path)
+
+
+def _metric_view(scores: Scores, workload: str, spec):
+  """A y-range around the target that still shows every study's best value.
+
+  Early evals (far from the target) are cut off so that the approach to the
+  target is readable; a study that never comes close stays in view through
+  its best value.
+  """
+  curves = [
+    trial.trial.columns[spec.validation_metric]
+    for *_, trial in _drawn_trials(scores, workload)
+    if spec.validation_metric in trial.trial.columns
+  ]
+  curves = [c[np.isfinite(c)] for c in curves]
+  curves = [c for c in curves if c.size]
+  if not curves:
+    return None, None
+  target = spec.validation_target_value
+  if spec.minimize:
+    bests = [c.min() for c in curves]
+    best = min(min(bests), target)
+    span = max(target - best, abs(target) * 0.05, 1e-6)
+    high = max(target + 3 * span, max(bests))
+    return best - 0.1 * (high - best), high + 0.05 * (high - best)
+  bests = [c.max() for c in curves]
+  best = max(max(bests), target)
+  span = max(best - target, abs(target) * 0.05, 1e-6)
+  low = min(target - 3 * span, min(bests))
+  return low - 0.05 * (best - low), best + 0.1 * (best - low)
+
+
+def report_markdown(
+  scores: Scores, ruleset: str, path_label: str, curve_files: List[str]
+) -> str:
+  """One page that opens with the profile, then curves, then the table."""
+  summary = ', '.join(
+    f'{name} {scores.scores[name]:.4f}' for name in scores.submissions
+  )
+  lines = [
+    f'# Scores: {summary}',
+    '',
+    f'{describe(scores, ruleset, path_label)}.',
+    '',
+    '![performance profile](performance_profile.png)',
+    '',
+  ]
+  for workload, relative in curve_files:
+    lines += [f'## {workload}', '', f'![{workload}]({relative})', '']
+  lines += [
+    '## Time to target',
+    '',
+    markdown_table(scores, ruleset, path_label),
+  ]
+  if scores.warnings:
+    lines += ['## Warnings', '']
+    lines += [f'- {w}' for w in scores.warnings]
+  return '\n'.join(lines) + '\n'
 
 
 def write_outputs(
-  scores: Scores, out_dir: str, ruleset: str, path_label: str
+  scores: Scores,
+  out_dir: str,
+  ruleset: str,
+  path_label: str,
+  curves: bool = True,
 ) -> Dict[str, str]:
   """Writes every output file; returns name -> path."""
   paths = {
@@ -133,6 +288,7 @@ def write_outputs(
     'time_to_targets': os.path.join(out_dir, 'time_to_targets.csv'),
     'table': os.path.join(out_dir, 'time_to_targets.md'),
     'profile': os.path.join(out_dir, 'performance_profile.png'),
+    'report': os.path.join(out_dir, 'report.md'),
     'warnings': os.path.join(out_dir, 'warnings.txt'),
   }
   atomic_write_text(paths['scores'], scores_csv(scores))
@@ -146,5 +302,22 @@ def write_outputs(
     f'Performance profiles, {scores.catalog.benchmark_version} catalog, '
     f'{ruleset}\n{path_label}',
     paths['profile'],
+  )
+  curve_files = []
+  if curves:
+    for workload in scores.workloads:
+      if not any(workload in scores.results[n] for n in scores.submissions):
+        continue
+      relative = os.path.join('curves', f'{workload}.png')
+      plot_workload_curves(
+        scores,
+        workload,
+        ruleset == 'self-tuning',
+        os.path.join(out_dir, relative),
+      )
+      curve_files.append((workload, relative))
+  atomic_write_text(
+    paths['report'],
+    report_markdown(scores, ruleset, path_label, curve_files),
   )
   return paths

@@ -138,4 +138,9 @@ def test_cli_writes_all_outputs(tmp_path, capsys):
   ttt = (out / 'time_to_targets.csv').read_text().splitlines()
   assert ttt[1].startswith('a,inf,200.0,')
   assert (out / 'performance_profile.png').read_bytes()[:4] == b'\x89PNG'
+  assert (out / 'curves' / 'fastmri.png').read_bytes()[:4] == b'\x89PNG'
+  report = (out / 'report.md').read_text()
+  assert report.index('performance_profile.png') < report.index(
+    'curves/fastmri.png'
+  )
   assert '| fastmri |' in capsys.readouterr().out
