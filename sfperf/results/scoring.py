@@ -251,7 +251,9 @@ def score_logs(
       f'trial_choice must be one of {", ".join(TRIAL_CHOICES)}, '
       f'got {trial_choice!r}'
     )
-  warnings = list(logs.warnings)
+  # Shared with the log set: columns are parsed lazily, and a bad value
+  # found while scoring is reported in the same list.
+  warnings = logs.warnings
   submissions = sorted(logs.trials)
   results = {
     name: workload_results(

@@ -64,12 +64,30 @@ def test_nan_metric_warns_and_never_reaches(tmp_path, v06):
   )
 
 
-def test_malformed_lines_become_nan_with_a_warning(tmp_path, v06):
+def test_short_lines_and_bad_bytes_become_nan_with_a_warning(tmp_path, v06):
   text = good_rows() + '50,oops,0.9\n' + b'\xff\xfe,1,2,3\n'.decode('latin-1')
   path = write_trial(tmp_path, 'sub', 'study_0', 'trial_1', text)
   scores = score_logs(read_log_root(str(tmp_path)), v06)
   assert scores.time_to_target['sub']['fastmri'] == 300.0
-  assert any(path in w and 'malformed' in w for w in scores.warnings)
+  assert any(
+    w.startswith(path) and 'wrong number of fields (line 6)' in w
+    for w in scores.warnings
+  )
+  assert any(
+    w.startswith(path) and 'column score' in w and 'not numbers' in w
+    for w in scores.warnings
+  )
+
+
+def test_a_value_that_is_not_a_number_is_nan(tmp_path, v06):
+  text = HEADER + '1,10,0.5,0.3\n2,20,abc,0.3\n3,30,0.8,0.3\n'
+  path = write_trial(tmp_path, 'sub', 'study_0', 'trial_1', text)
+  scores = score_logs(read_log_root(str(tmp_path)), v06)
+  assert scores.time_to_target['sub']['fastmri'] == 30.0
+  assert any(
+    w.startswith(path) and 'validation/ssim' in w and '(line 3)' in w
+    for w in scores.warnings
+  )
 
 
 def test_missing_metric_column_counts_as_not_reached(tmp_path, v06):
