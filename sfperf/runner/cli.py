@@ -43,13 +43,28 @@ def define_flags() -> flags.FlagValues:
   flags.DEFINE_string(
     'tuning_search_space',
     None,
-    'JSON list of hyperparameter points (external ruleset only).',
+    'JSON search space (external ruleset only): a list of points, used in '
+    'order, or a dict of dimensions, sampled with a Halton sequence in a '
+    'seeded order.',
     flag_values=fv,
   )
   flags.DEFINE_integer(
     'num_tuning_trials',
     1,
     'Number of search space points to train.',
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    'hparam_start_index',
+    None,
+    'Train only the trials from this 0-based index of the search space on; '
+    'index i writes trial_<i+1>.',
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    'hparam_end_index',
+    None,
+    'Train only the trials before this 0-based index of the search space.',
     flag_values=fv,
   )
   flags.DEFINE_string(
@@ -158,6 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       save_checkpoints=fv.save_checkpoints,
       save_intermediate_checkpoints=fv.save_intermediate_checkpoints,
       torch_num_threads=fv.torch_num_threads or None,
+      hparam_start_index=fv.hparam_start_index,
+      hparam_end_index=fv.hparam_end_index,
       flag_values=fv.flag_values_dict(),
     )
   except (UsageError, CatalogError) as e:

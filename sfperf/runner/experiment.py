@@ -5,6 +5,7 @@ and trains each trial with `training.train_once`.
 """
 
 import datetime
+import itertools
 import os
 from typing import Any, Dict, List, Optional
 
@@ -83,6 +84,24 @@ def _move_aside(path: str) -> str:
   return backup
 
 
+def _check_trial_slice(
+  start: Optional[int], end: Optional[int], self_tuning: bool
+) -> None:
+  for name, value in (
+    ('hparam_start_index', start),
+    ('hparam_end_index', end),
+  ):
+    if value is None:
+      continue
+    if self_tuning:
+      raise UsageError(
+        f'--{name} selects search space points; the self-tuning ruleset '
+        'has none, so drop it'
+      )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise UsageError(f'--{name} must be a non-negative integer, got {value}')
+
+
 def run(
   submission_path: str,
   workload: str,
@@ -104,6 +123,8 @@ def run(
   budget_factor: Optional[float] = None,
   stop_at_targets: bool = True,
   torch_num_threads: Optional[int] = 1,
+  hparam_start_index: Optional[int] = None,
+  hparam_end_index: Optional[int] = None,
   flag_values: Optional[Dict[str, Any]] = None,
 ) -> List[training.TrialResult]:
   """Trains a submission on a workload, one or more trials, like AlgoPerf.
@@ -116,8 +137,9 @@ def run(
     experiment_name: subdirectory of `experiment_dir` for this experiment.
     framework: 'pytorch'; 'jax' is not supported by the local runner yet.
     tuning_ruleset: 'external' (needs `tuning_search_space`) or 'self'.
-    tuning_search_space: list-of-points JSON file (external only).
-    num_tuning_trials: how many points of the search space to train.
+    tuning_search_space: search space JSON file (external only), a list of
+      points or a dict of dimensions sampled with a Halton sequence.
+    num_tuning_trials: how many points of the search space to draw.
     max_global_steps: stop each trial after this many steps.
     rng_seed: seed for every trial; None draws a fresh one per trial.
     overwrite: move an existing `<workload>_<framework>` directory aside to
@@ -137,6 +159,11 @@ def run(
       torch's default). One thread is the fastest for the small proxy
       models, and steadier: with several threads, any other load on the
       cores slows the spinning thread pool down many times over.
+    hparam_start_index: train only the trials from this 0-based index on
+      (external only); trial index i still writes `trial_<i+1>`. A second
+      slice of the same experiment finds the directory there and needs
+      `resume_last_run`.
+    hparam_end_index: train only the trials before this 0-based index.
     flag_values: what flags_<k>.json records; defaults to these arguments.
 
   Returns:
@@ -165,6 +192,7 @@ def run(
   if overwrite and resume_last_run:
     raise UsageError('choose one of --overwrite and --resume_last_run')
   self_tuning = tuning_ruleset == 'self'
+  _check_trial_slice(hparam_start_index, hparam_end_index, self_tuning)
   if torch_num_threads is not None:
     torch.set_num_threads(torch_num_threads)
   rules_catalog = catalog.load_catalog(benchmark)
@@ -182,12 +210,14 @@ def run(
     if not tuning_search_space:
       raise UsageError('the external ruleset needs --tuning_search_space')
     points = loading.load_search_space(tuning_search_space, num_tuning_trials)
-    if len(points) != num_tuning_trials:
-      logging.info(
-        'Search space has %d points; running %d trials.',
-        len(points),
-        len(points),
-      )
+  trials = list(
+    itertools.islice(enumerate(points), hparam_start_index, hparam_end_index)
+  )
+  if not trials:
+    raise UsageError(
+      f'--hparam_start_index={hparam_start_index} and --hparam_end_index='
+      f'{hparam_end_index} select none of the {len(points)} trials'
+    )
 
   global_batch_size = resolve_batch_size(submission, workload, workload_obj)
   eval_batch_fn = getattr(submission, 'get_eval_batch_size', None)
@@ -224,7 +254,7 @@ def run(
       )
 
   results = []
-  for index, point in enumerate(points):
+  for index, point in trials:
     trial_dir = os.path.join(workload_dir, f'trial_{index + 1}')
     os.makedirs(trial_dir, exist_ok=True)
     hyperparameters = point

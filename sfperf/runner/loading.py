@@ -10,6 +10,10 @@ import re
 import sys
 from typing import Any, List, Optional
 
+from absl import logging
+
+from sfperf.runner import search_space
+
 REPO_ROOT = os.path.dirname(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
@@ -95,32 +99,41 @@ def load_submission(submission_path: str):
 
 
 def load_search_space(path: str, num_tuning_trials: int) -> List[Any]:
-  """Hyperparameter points (namedtuples) from a list-of-points JSON file.
+  """Hyperparameter points (namedtuples) of the first trials of a study.
 
-  Only the list form is supported: the first `num_tuning_trials` points are
-  used in order, as the official runner does. The dict form (Halton sampling
-  over feasible points and ranges) raises UsageError until it is built.
+  Reads either official form (see `search_space.generate_points`): a list
+  of points gives its first `num_tuning_trials` points in order; a dict of
+  dimensions gives `num_tuning_trials` Halton points in a seeded order.
+
+  Raises:
+    UsageError: the file is missing, is not JSON, or is malformed; the
+      message names the file and the field.
   """
   try:
     with open(path, encoding='utf-8') as f:
       raw = json.load(f)
   except FileNotFoundError:
     raise UsageError(f'search space file {path!r} does not exist') from None
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UsageError(f'search space file {path!r}: not JSON ({e})') from None
-  if isinstance(raw, dict):
-    raise UsageError(
-      f'search space {path!r} is in the dict (Halton) form, which the local '
-      'runner does not support yet; give a list of points instead'
+  except OSError as e:
+    raise UsageError(f'search space file {path!r}: {e.strerror}') from None
+  try:
+    points = search_space.generate_points(raw, num_tuning_trials)
+  except search_space.SearchSpaceError as e:
+    raise UsageError(f'search space file {path!r}: {e}') from None
+  if isinstance(raw, list) and len(raw) != num_tuning_trials:
+    logging.info(
+      'Search space %s has %d points and --num_tuning_trials is %d; '
+      'running %d trials.',
+      path,
+      len(raw),
+      num_tuning_trials,
+      len(points),
     )
-  if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
-    raise UsageError(f'search space {path!r} must be a list of objects')
-  points = raw[:num_tuning_trials]
   return [to_hyperparameters(point) for point in points]
 
 
 def to_hyperparameters(point: dict):
-  names = sorted(point)
-  return collections.namedtuple('Hyperparameters', names)(
-    **{name: point[name] for name in names}
-  )
+  """A `Hyperparameters` namedtuple of `point`, fields in the dict's order."""
+  return collections.namedtuple('Hyperparameters', list(point))(**point)

@@ -271,7 +271,7 @@ def test_external_ruleset_trials_and_hparams(tmp_path):
   assert json.loads(hparams.read_text()) == {'learning_rate': 0.2}
 
   space.write_text(json.dumps({'learning_rate': {'min': 0.1, 'max': 1.0}}))
-  with pytest.raises(UsageError, match='not support'):
+  with pytest.raises(UsageError, match='scaling'):
     run(
       BASELINE,
       'digits',

@@ -1,0 +1,1 @@
+"""Externally tuned AlgoPerf submissions (a search space per entry)."""
