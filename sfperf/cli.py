@@ -7,6 +7,7 @@ _USAGE = """usage: sfperf COMMAND [ARGS]
 commands:
   run     train a submission on a workload (AlgoPerf submission_runner flags)
   score   score a log directory: time-to-target table, profile, scores.csv
+  compare score a variant inside a reference field (e.g. the leaderboard)
   demo    run both self-tuning submissions on the digits proxy and score them
 
 `sfperf COMMAND --help` describes each command.
@@ -27,6 +28,10 @@ def main(argv=None) -> int:
     from sfperf.results import cli as results_cli
 
     return results_cli.main(rest)
+  if command == 'compare':
+    from sfperf.results import cli as results_cli
+
+    return results_cli.compare_main(rest)
   if command == 'demo':
     from sfperf import demo
 

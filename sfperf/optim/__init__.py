@@ -1,9 +1,34 @@
-"""Schedule-Free AdamW optimizers; nothing here knows about AlgoPerf."""
+"""Schedule-Free AdamW optimizers; nothing here knows about AlgoPerf.
 
-from sfperf.optim.schedule_free_v1 import (
-  ScheduleFreeAdamWV1,
-  StepCoefficients,
-  step_coefficients,
-)
+Names load lazily, so that importing one framework's optimizer does not
+import the other framework (a JAX submission never pays for torch).
+"""
 
-__all__ = ['ScheduleFreeAdamWV1', 'StepCoefficients', 'step_coefficients']
+import importlib
+from typing import Any
+
+_EXPORTS = {
+  'ScheduleFreeAdamWV1': 'sfperf.optim.schedule_free_v1',
+  'StepCoefficients': 'sfperf.optim.schedule_free_v1',
+  'step_coefficients': 'sfperf.optim.schedule_free_v1',
+  'ScheduleFreeV1': 'sfperf.optim.schedule_free_jax',
+  'ScheduleFreeV1State': 'sfperf.optim.schedule_free_jax',
+  'StepScalars': 'sfperf.optim.schedule_free_jax',
+  'schedule_free_adamw_v1': 'sfperf.optim.schedule_free_jax',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+  try:
+    module = _EXPORTS[name]
+  except KeyError:
+    raise AttributeError(
+      f'module {__name__!r} has no attribute {name!r}'
+    ) from None
+  return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_EXPORTS))

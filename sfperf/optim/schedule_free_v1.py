@@ -96,11 +96,26 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
   like the entry, the class needs no guard for S_k = 0. The flip side is
   that lr = 0 still moves the parameters, by steps of size about eps.
 
-  Memory, per parameter: `z` (dtype and device of the parameter),
-  `exp_avg_sq` (v, bfloat16, same device) and, only when
+  Two paths compute the same step, bit for bit: a per-parameter loop (the
+  entry's code, `foreach=False`) and a multi-tensor path (`foreach=True`,
+  the default) that applies each operation to all parameters of a group
+  with one `torch._foreach_*` call. Every foreach op is elementwise and
+  rounds each tensor exactly as the loop's op does, so only the order in
+  which tensors are visited differs, never a value. Where a device has no
+  fused kernel for an op (CPU; or on CUDA, an op mixing the bf16 v with a
+  float32 gradient) torch runs the same per-tensor op from C++, which is
+  still identical and spares the per-tensor Python work.
+
+  Memory. Persistent, per parameter: `z` (dtype and device of the
+  parameter), `exp_avg_sq` (v, bfloat16, same device) and, only when
   `store_x0_on_cpu=True`, `x0` (a host copy of the parameter as it was at its
   first step, used by `reset`). x itself lives in the parameter, y only
-  transiently in it.
+  transiently in it; the state dict is the same for both paths. Transient,
+  during `step`: the denominator sqrt(v) + eps in bfloat16, one parameter's
+  worth at a time in the loop path, and for all parameters of a group (of
+  one device and dtype) at once in the foreach path, that is half the size
+  of a float32 copy of the group. Nothing else of parameter size is
+  allocated; the gradients are read, never written.
 
   .. warning::
     These behaviours of the entry are kept on purpose, for fidelity:
@@ -143,6 +158,7 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     warmup_steps: int = 0,
     r: float = 0.0,
     store_x0_on_cpu: bool = False,
+    foreach: bool | None = None,
   ) -> None:
     """Builds the optimizer.
 
@@ -159,6 +175,10 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
       store_x0_on_cpu: keep a host copy of each parameter as it was at its
         first step, so that `reset` can restore it. Costs host memory equal
         to the model size.
+      foreach: True for the multi-tensor path, False for the per-parameter
+        loop; None (the default) picks the multi-tensor path, which every
+        device supports (see the class docstring). Kept on the optimizer,
+        not in the parameter groups, so a state dict loads into either path.
 
     Raises:
       ValueError: if a setting is out of range.
@@ -191,6 +211,14 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     }
     super().__init__(params, defaults)
     self.store_x0_on_cpu = store_x0_on_cpu
+    self.foreach = foreach
+
+  @property
+  def uses_foreach(self) -> bool:
+    """Whether `step` takes the multi-tensor path."""
+    # torch defines the _foreach_* ops on every device, with a per-tensor
+    # C++ fallback where it has no fused kernel, so they are always usable.
+    return True if self.foreach is None else self.foreach
 
   def _init_state(self, param: torch.Tensor) -> None:
     state = self.state[param]
@@ -203,11 +231,17 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
   @torch.no_grad()
   def _move_to_y(self) -> None:
     for group in self.param_groups:
-      beta1 = group['betas'][0]
+      weight = 1 - group['betas'][0]
       for param in group['params']:
         if not self.state[param]:
           self._init_state(param)
-        param.lerp_(self.state[param]['z'], 1 - beta1)
+      if self.uses_foreach:
+        zs = [self.state[param]['z'] for param in group['params']]
+        for params, group_zs in _by_device_and_dtype(group['params'], zs):
+          torch._foreach_lerp_(params, group_zs, weight)
+      else:
+        for param in group['params']:
+          param.lerp_(self.state[param]['z'], weight)
 
   @torch.no_grad()
   def _update_group(self, group: dict[str, Any]) -> None:
@@ -226,27 +260,24 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     )
     group['lr_max'] = coefficients.lr_max
     group['weight_sum'] = coefficients.weight_sum
-    step_size = coefficients.step_size
+    # Computed once, as Python floats, the same for both paths.
+    scalars = _UpdateScalars(
+      back_to_x=1 - 1 / beta1,
+      beta2=beta2,
+      one_minus_beta2=1 - beta2,
+      eps=eps,
+      minus_step_size=-coefficients.step_size,
+      decay=coefficients.step_size * group['weight_decay'],
+      averaging_weight=coefficients.averaging_weight,
+    )
 
-    for param in group['params']:
-      if param.grad is None:
-        continue  # the entry leaves such a parameter at y
-      grad = param.grad
-      state = self.state[param]
-      z = state['z']
-      exp_avg_sq = state['exp_avg_sq']
-
-      # Back from y to x: the inverse lerp, weight 1 - 1/beta1 (< 0).
-      param.lerp_(z, 1 - 1 / beta1)
-
-      # Two in-place ops on the bf16 buffer, each rounding to bf16.
-      exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-      denominator = exp_avg_sq.sqrt().add_(eps)
-      z.addcdiv_(grad, denominator, value=-step_size)
-      z.sub_(param, alpha=step_size * group['weight_decay'])
-
-      param.lerp_(z, coefficients.averaging_weight)
-
+    # The entry leaves a parameter without a gradient at y, z and v as
+    # they were: it takes no part in the update.
+    params = [param for param in group['params'] if param.grad is not None]
+    if self.uses_foreach:
+      _update_foreach(self.state, params, scalars)
+    else:
+      _update_loop(self.state, params, scalars)
     group['k'] += 1
 
   def step(self, closure: Callable[[], Any]) -> Any:
@@ -314,3 +345,98 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
         state['exp_avg_sq'] = state['exp_avg_sq'].to(torch.bfloat16)
       if 'x0' in state:
         state['x0'] = state['x0'].to('cpu')
+
+
+class _UpdateScalars(NamedTuple):
+  """Python floats of one group's update, shared by both paths."""
+
+  back_to_x: float  # lerp weight from y back to x: 1 - 1/beta1 (< 0)
+  beta2: float
+  one_minus_beta2: float
+  eps: float
+  minus_step_size: float  # -lr * sqrt(1 - beta2^(k+1))
+  decay: float  # step size times weight decay
+  averaging_weight: float  # c_k
+
+
+def _update_loop(
+  state: dict[torch.Tensor, dict[str, torch.Tensor]],
+  params: list[torch.Tensor],
+  scalars: _UpdateScalars,
+) -> None:
+  """The entry's per-parameter update; the reference for the foreach path."""
+  for param in params:
+    grad = param.grad
+    z = state[param]['z']
+    exp_avg_sq = state[param]['exp_avg_sq']
+
+    param.lerp_(z, scalars.back_to_x)
+
+    # Two in-place ops on the bf16 buffer, each rounding to bf16.
+    exp_avg_sq.mul_(scalars.beta2).addcmul_(
+      grad, grad, value=scalars.one_minus_beta2
+    )
+    denominator = exp_avg_sq.sqrt().add_(scalars.eps)
+    z.addcdiv_(grad, denominator, value=scalars.minus_step_size)
+    z.sub_(param, alpha=scalars.decay)
+
+    param.lerp_(z, scalars.averaging_weight)
+
+
+def _update_foreach(
+  state: dict[torch.Tensor, dict[str, torch.Tensor]],
+  params: list[torch.Tensor],
+  scalars: _UpdateScalars,
+) -> None:
+  """`_update_loop` with each op applied to all tensors at once.
+
+  The ops and their scalars are the loop's, in the loop's order for each
+  tensor, so every tensor gets the same roundings, v's bf16 ones included:
+  a foreach op mixing the bf16 v with a wider gradient computes in the
+  wider type and rounds to bf16 on store, exactly as the in-place tensor op.
+  """
+  beta2 = torch.tensor(scalars.beta2, dtype=torch.float64)
+  grads = [param.grad for param in params]
+  zs = [state[param]['z'] for param in params]
+  vs = [state[param]['exp_avg_sq'] for param in params]
+  for group_params, group_grads, group_zs, group_vs in _by_device_and_dtype(
+    params, grads, zs, vs
+  ):
+    torch._foreach_lerp_(group_params, group_zs, scalars.back_to_x)
+
+    # beta2 goes in as a 0-dim CPU tensor: torch's CPU kernel for a bf16
+    # list times a Python scalar rounds the scalar to bf16 first (0.99
+    # becomes 0.98828125), unlike `Tensor.mul_`, which multiplies by it in
+    # float32. A CPU scalar tensor is read at full precision by both.
+    torch._foreach_mul_(group_vs, beta2)
+    torch._foreach_addcmul_(
+      group_vs, group_grads, group_grads, value=scalars.one_minus_beta2
+    )
+    denominators = torch._foreach_sqrt(group_vs)
+    torch._foreach_add_(denominators, scalars.eps)
+    torch._foreach_addcdiv_(
+      group_zs, group_grads, denominators, value=scalars.minus_step_size
+    )
+    del denominators  # the one transient buffer, freed before the next ops
+    torch._foreach_sub_(group_zs, group_params, alpha=scalars.decay)
+
+    torch._foreach_lerp_(group_params, group_zs, scalars.averaging_weight)
+
+
+def _by_device_and_dtype(
+  params: list[torch.Tensor], *others: list[torch.Tensor]
+) -> list[tuple[list[torch.Tensor], ...]]:
+  """Splits aligned lists by the parameters' (device, dtype).
+
+  Fused foreach kernels need one device and dtype per call; grouping only
+  changes which tensors share a call, never a value.
+  """
+  buckets: dict[tuple[torch.device, torch.dtype], tuple[list, ...]] = {}
+  for index, param in enumerate(params):
+    bucket = buckets.setdefault(
+      (param.device, param.dtype), tuple([] for _ in range(1 + len(others)))
+    )
+    bucket[0].append(param)
+    for lists, tensors in zip(bucket[1:], others, strict=True):
+      lists.append(tensors[index])
+  return list(buckets.values())

@@ -1,35 +1,36 @@
-"""`sfperf score`: score AlgoPerf logs the way the official scorer does."""
+"""`sfperf score` and `sfperf compare`: AlgoPerf scoring on the command line."""
 
 import argparse
+import os
 import sys
+from typing import List
 
 from absl import logging
 
 from sfperf.catalog import (
   BENCHMARK_VERSIONS,
+  Catalog,
   CatalogError,
   load_catalog,
   load_proxy_catalog,
   strip_framework_suffix,
 )
-from sfperf.results.logs import LogDirError, read_log_root
-from sfperf.results.report import markdown_table, write_outputs
-from sfperf.results.scoring import TRIAL_CHOICES, score_logs
+from sfperf.fsutil import atomic_write_text
+from sfperf.results import compare as compare_module
+from sfperf.results import uncertainty
+from sfperf.results.logs import LogDirError, LogSet, read_log_root
+from sfperf.results.report import markdown_table, scores_csv, write_outputs
+from sfperf.results.scoring import TRIAL_CHOICES, Scores, score_logs
 
 OFFICIAL_LABEL = 'AlgoPerf logs scored with the official scoring semantics'
 PROXY_LABEL = 'local proxy path, not an official AlgoPerf score'
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog='sfperf score',
-    description=(
-      'Score the submissions under LOGDIR (a folder of '
-      '<submission>/<study>/<workload>_<framework>/trial_<k>/, or one '
-      'submission folder) as the official AlgoPerf scorer does.'
-    ),
-  )
-  parser.add_argument('logdir', metavar='LOGDIR')
+class StrictError(ValueError):
+  """--strict found fewer studies or trials than the benchmark requires."""
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     '--benchmark',
     choices=BENCHMARK_VERSIONS,
@@ -41,12 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     action='store_true',
     help='self-tuning ruleset (one trial per study)',
   )
-  parser.add_argument(
-    '--out',
-    required=True,
-    metavar='OUTDIR',
-    help='folder for scores.csv, time_to_targets.csv/.md and the profile',
-  )
+  parser.add_argument('--out', required=True, metavar='OUTDIR')
   parser.add_argument(
     '--suite',
     choices=('auto', 'algoperf', 'proxy'),
@@ -61,10 +57,69 @@ def build_parser() -> argparse.ArgumentParser:
     help='how a study picks its trial: fewest evals to target (official '
     'code, default) or least time (the written rules)',
   )
+  parser.add_argument(
+    '--exclude-unrun',
+    action='store_true',
+    help='leave base workloads that no submission ran out of the score '
+    'denominator (default: they count as not reached)',
+  )
+  parser.add_argument(
+    '--bootstrap',
+    type=int,
+    default=1000,
+    metavar='N',
+    help='bootstrap resamples of the studies for the spread of each score '
+    '(0: none; default 1000)',
+  )
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog='sfperf score',
+    description=(
+      'Score the submissions under LOGDIR (a folder of '
+      '<submission>/<study>/<workload>_<framework>/trial_<k>/, or one '
+      'submission folder) as the official AlgoPerf scorer does.'
+    ),
+  )
+  parser.add_argument('logdir', metavar='LOGDIR')
+  _common_arguments(parser)
+  parser.add_argument(
+    '--strict',
+    action='store_true',
+    help="fail unless every workload has the benchmark's number of studies "
+    'and trials and no trial was skipped (official --strict)',
+  )
   return parser
 
 
-def _workload_names(logs) -> set:
+def build_compare_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog='sfperf compare',
+    description=(
+      'Score the submission(s) under VARIANT_LOGDIR inside a reference '
+      'field (for example the published leaderboard logs): rank, scores '
+      'with and without the variant, speedups over a reference submission.'
+    ),
+  )
+  parser.add_argument('variant', metavar='VARIANT_LOGDIR')
+  parser.add_argument(
+    '--field',
+    action='append',
+    required=True,
+    metavar='FIELD_LOGDIR',
+    help='a folder of reference submissions; repeat to add more',
+  )
+  parser.add_argument(
+    '--reference',
+    help='submission the speedups are relative to (default: baseline if '
+    "the field has one, else the field's best)",
+  )
+  _common_arguments(parser)
+  return parser
+
+
+def _workload_names(logs: LogSet) -> set:
   return {
     strip_framework_suffix(t.workload)
     for trials in logs.trials.values()
@@ -72,41 +127,129 @@ def _workload_names(logs) -> set:
   }
 
 
+def _catalog_for(args, logs: List[LogSet]) -> tuple:
+  proxy = load_proxy_catalog(args.benchmark)
+  suite = args.suite
+  if suite == 'auto':
+    names = set().union(*(_workload_names(log_set) for log_set in logs))
+    suite = 'proxy' if names <= set(proxy.workloads) else 'algoperf'
+  if suite == 'proxy':
+    return proxy, PROXY_LABEL
+  return load_catalog(args.benchmark), OFFICIAL_LABEL
+
+
+def check_strict(scores: Scores, catalog: Catalog, self_tuning: bool) -> None:
+  """The official --strict checks: study and trial counts, skipped files."""
+  problems = []
+  expected_trials = 1 if self_tuning else catalog.num_trials_external
+  for name in scores.submissions:
+    for workload, result in scores.results[name].items():
+      if len(result.studies) != catalog.num_studies:
+        problems.append(
+          f'{name}/{workload}: {len(result.studies)} studies, expected '
+          f'{catalog.num_studies}'
+        )
+      for study in result.studies:
+        if len(study.trials) != expected_trials:
+          problems.append(
+            f'{name}/{study.study}/{workload}: {len(study.trials)} trials, '
+            f'expected {expected_trials}'
+          )
+  skipped = [w for w in scores.warnings if 'trial skipped' in w]
+  if problems or skipped:
+    shown = (problems + skipped)[:3]
+    raise StrictError(
+      f'--strict: {len(problems) + len(skipped)} problem(s), e.g. '
+      + '; '.join(shown)
+    )
+
+
+def _print_warnings(warnings: List[str], path: str) -> None:
+  if warnings:
+    print(f'\n{len(warnings)} warning(s), for example:')
+    for warning in warnings[:3]:
+      print(f'  {warning}')
+    print(f'All of them: {path}')
+
+
+def _spread_lines(scores: Scores, resamples: int) -> str:
+  spreads = uncertainty.score_spreads(scores, resamples)
+  lines = [
+    f'\nScore spread, 5th-95th percentile over {resamples} bootstrap '
+    'resamples of the studies:'
+  ]
+  lines += [f'  {name}: {spreads[name]}' for name in scores.submissions]
+  return '\n'.join(lines) + '\n'
+
+
 def main(argv) -> int:
   args = build_parser().parse_args(argv)
   # Per-file warnings are collected, counted and written to warnings.txt;
   # printing each one as well would bury the table.
   logging.set_verbosity(logging.ERROR)
+  ruleset = 'self-tuning' if args.self_tuning else 'external-tuning'
   try:
     logs = read_log_root(args.logdir)
-    proxy = load_proxy_catalog(args.benchmark)
-    suite = args.suite
-    if suite == 'auto':
-      suite = (
-        'proxy'
-        if _workload_names(logs) <= set(proxy.workloads)
-        else ('algoperf')
-      )
-    catalog = proxy if suite == 'proxy' else load_catalog(args.benchmark)
-    scores = score_logs(logs, catalog, args.trial_choice)
-  except (LogDirError, CatalogError) as e:
+    catalog, label = _catalog_for(args, [logs])
+    scores = score_logs(
+      logs, catalog, args.trial_choice, exclude_unrun=args.exclude_unrun
+    )
+    if args.strict:
+      check_strict(scores, catalog, args.self_tuning)
+    paths = write_outputs(scores, args.out, ruleset, label)
+    spread_text = (
+      _spread_lines(scores, args.bootstrap) if args.bootstrap > 0 else ''
+    )
+    if spread_text:
+      atomic_write_text(os.path.join(args.out, 'score_spread.txt'), spread_text)
+  except (LogDirError, CatalogError, StrictError) as e:
     print(f'sfperf score: {e}', file=sys.stderr)
     return 2
-
-  ruleset = 'self-tuning' if args.self_tuning else 'external-tuning'
-  label = PROXY_LABEL if suite == 'proxy' else OFFICIAL_LABEL
-  try:
-    paths = write_outputs(scores, args.out, ruleset, label)
   except OSError as e:
     print(f'sfperf score: cannot write to {args.out}: {e}', file=sys.stderr)
     return 2
   print(markdown_table(scores, ruleset, label), end='')
-  if scores.warnings:
-    print(f'\n{len(scores.warnings)} warning(s); listed in {paths["warnings"]}')
+  print(spread_text, end='')
+  _print_warnings(scores.warnings, paths['warnings'])
   print(
     '\nWrote '
     + ', '.join(
-      paths[k] for k in ('scores', 'time_to_targets', 'table', 'profile')
+      paths[k] for k in ('scores', 'time_to_targets', 'report', 'profile')
     )
   )
+  return 0
+
+
+def compare_main(argv) -> int:
+  args = build_compare_parser().parse_args(argv)
+  logging.set_verbosity(logging.ERROR)
+  ruleset = 'self-tuning' if args.self_tuning else 'external-tuning'
+  try:
+    variant = read_log_root(args.variant)
+    field = [read_log_root(path) for path in args.field]
+    catalog, label = _catalog_for(args, field + [variant])
+    comparison = compare_module.compare(
+      variant,
+      field,
+      catalog,
+      args.self_tuning,
+      reference=args.reference,
+      trial_choice=args.trial_choice,
+      exclude_unrun=args.exclude_unrun,
+      num_resamples=max(args.bootstrap, 0),
+    )
+    text = compare_module.markdown(comparison, args.self_tuning)
+    joint = comparison.with_variants
+    paths = write_outputs(joint, args.out, ruleset, label)
+    atomic_write_text(os.path.join(args.out, 'compare.md'), text)
+    atomic_write_text(os.path.join(args.out, 'scores.csv'), scores_csv(joint))
+  except (LogDirError, CatalogError, compare_module.CompareError) as e:
+    print(f'sfperf compare: {e}', file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f'sfperf compare: cannot write to {args.out}: {e}', file=sys.stderr)
+    return 2
+  print(text, end='')
+  _print_warnings(joint.warnings, paths['warnings'])
+  print(f'\nWrote {os.path.join(args.out, "compare.md")}, {paths["scores"]}')
   return 0

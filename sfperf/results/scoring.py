@@ -84,6 +84,7 @@ class Scores:
   profiles: Dict[str, np.ndarray]
   scores: Dict[str, float]
   warnings: List[str]
+  excluded_workloads: List[str] = dataclasses.field(default_factory=list)
 
 
 def trial_time_to_target(trial: TrialLog, spec: WorkloadSpec) -> TrialResult:
@@ -242,10 +243,43 @@ def profile_score(taus: np.ndarray, profile: np.ndarray) -> float:
   return float(np.trapezoid(profile, taus) / (taus[-1] - taus[0]))
 
 
+def scores_from_table(
+  time_to_target: Dict[str, Dict[str, float]], catalog: Catalog
+) -> Tuple[Dict[str, Dict[str, float]], np.ndarray, Dict, Dict[str, float]]:
+  """Held-out and 4x rules, profiles and scores from median times."""
+  filtered = apply_held_out_rules(time_to_target, catalog)
+  taus, profiles = performance_profiles(filtered, len(catalog.base_workloads))
+  scores = {name: profile_score(taus, profiles[name]) for name in filtered}
+  return filtered, taus, profiles, scores
+
+
+def unrun_base_workloads(
+  results: Dict[str, Dict[str, WorkloadResult]], catalog: Catalog
+) -> List[str]:
+  """Base workloads of the catalog that no submission has logs for."""
+  return [
+    w
+    for w in catalog.base_workloads
+    if not any(w in per_workload for per_workload in results.values())
+  ]
+
+
 def score_logs(
-  logs: LogSet, catalog: Catalog, trial_choice: str = 'fewest_evals'
+  logs: LogSet,
+  catalog: Catalog,
+  trial_choice: str = 'fewest_evals',
+  exclude_unrun: bool = False,
 ) -> Scores:
-  """Scores every submission of a log set against one catalog."""
+  """Scores every submission of a log set against one catalog.
+
+  Args:
+    logs: what `read_log_root` found.
+    catalog: the benchmark version's (or the proxy suite's) catalog.
+    trial_choice: 'fewest_evals' (official code) or 'least_time' (rules).
+    exclude_unrun: drop base workloads that no submission ran (such as
+      v0.6's finewebedu_lm for older logs) from the score's denominator.
+      By default they count as not reached by anyone, as in the rules.
+  """
   if trial_choice not in TRIAL_CHOICES:
     raise ValueError(
       f'trial_choice must be one of {", ".join(TRIAL_CHOICES)}, '
@@ -261,6 +295,21 @@ def score_logs(
     )
     for name in submissions
   }
+  unrun = unrun_base_workloads(results, catalog)
+  if unrun and exclude_unrun:
+    warnings.append(
+      f'no submission ran {", ".join(unrun)}; left out of the score '
+      'denominator (--exclude-unrun)'
+    )
+    catalog = dataclasses.replace(
+      catalog,
+      base_workloads=tuple(w for w in catalog.base_workloads if w not in unrun),
+    )
+  elif unrun:
+    warnings.append(
+      f'no submission ran {", ".join(unrun)}; counted as not reached by '
+      'every submission (--exclude-unrun leaves them out of the denominator)'
+    )
   columns = list(catalog.base_workloads) + list(catalog.held_out_workloads)
   time_to_target = {
     name: {
@@ -269,9 +318,7 @@ def score_logs(
     }
     for name in submissions
   }
-  filtered = apply_held_out_rules(time_to_target, catalog)
-  taus, profiles = performance_profiles(filtered, len(catalog.base_workloads))
-  scores = {name: profile_score(taus, profiles[name]) for name in submissions}
+  filtered, taus, profiles, scores = scores_from_table(time_to_target, catalog)
   return Scores(
     catalog=catalog,
     trial_choice=trial_choice,
@@ -284,4 +331,5 @@ def score_logs(
     profiles=profiles,
     scores=scores,
     warnings=warnings,
+    excluded_workloads=unrun if exclude_unrun else [],
   )

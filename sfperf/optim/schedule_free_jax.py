@@ -1,0 +1,258 @@
+"""Schedule-Free AdamW in JAX, as the AlgoPerf 2024 (v0.5) entries computed it.
+
+The JAX counterpart of `ScheduleFreeAdamWV1`: pure functions over pytrees in
+the style of an optax transformation, with x held in the parameters between
+steps and y computed from x and z only while the gradient is taken.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a pytree of float arrays
+
+
+class ScheduleFreeV1State(NamedTuple):
+  """What the optimizer keeps between steps (x lives in the parameters).
+
+  Attributes:
+    z: the base iterate, one array per parameter, in the parameter's dtype.
+    v: the second moment, one array per parameter, in `v_dtype` (bfloat16
+      by default, as the entry).
+    k: int32 scalar, the number of steps taken.
+    lr_max: float32 scalar, running maximum of the scheduled learning rate.
+    weight_sum: float32 scalar, sum of the averaging weights so far.
+  """
+
+  z: Params
+  v: Params
+  k: jax.Array
+  lr_max: jax.Array
+  weight_sum: jax.Array
+
+
+class StepScalars(NamedTuple):
+  """The per-step scalars shared by every parameter, all float32."""
+
+  lr: jax.Array  # scheduled learning rate, floored at eps
+  lr_max: jax.Array  # running maximum of `lr`
+  weight_sum: jax.Array  # sum of the averaging weights, this step included
+  averaging_weight: jax.Array  # c_k = w_k / weight_sum
+  step_size: jax.Array  # lr * sqrt(1 - b2^(k+1))
+
+
+class ScheduleFreeV1(NamedTuple):
+  """The three pure functions of the optimizer; see `schedule_free_adamw_v1`.
+
+  Attributes:
+    init: `init(params_x) -> state`.
+    gradient_point: `gradient_point(params_x, state) -> params_y`.
+    update: `update(grads_at_y, state, params_x) -> (new_params_x,
+      new_state)`.
+    step_scalars: `step_scalars(state) -> StepScalars` of the next update.
+  """
+
+  init: Callable[[Params], ScheduleFreeV1State]
+  gradient_point: Callable[[Params, ScheduleFreeV1State], Params]
+  update: Callable[
+    [Params, ScheduleFreeV1State, Params],
+    tuple[Params, ScheduleFreeV1State],
+  ]
+  step_scalars: Callable[[ScheduleFreeV1State], StepScalars]
+
+
+def _round_like_torch(value: jax.Array, dtype: Any) -> jax.Array:
+  """Rounds a float32 value to `dtype` and back, as an in-place torch op.
+
+  `reduce_precision` rather than a pair of casts, because XLA may drop a
+  cast pair as "excess precision" and skip the rounding that the entry's
+  bfloat16 buffer performs after every operation.
+  """
+  info = jnp.finfo(dtype)
+  return jax.lax.reduce_precision(
+    value, exponent_bits=info.nexp, mantissa_bits=info.nmant
+  )
+
+
+def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
+  """start + weight (end - start), in the two-branch form torch uses.
+
+  For weight >= 0.5 torch computes end - (1 - weight)(end - start), so a
+  weight of 1 gives `end` exactly. The branch is chosen on the scalar
+  weight, so each element still costs one multiply-add.
+  """
+  small = jnp.abs(weight) < 0.5
+  base = jnp.where(small, start, end)
+  factor = jnp.where(small, weight, weight - 1.0)
+  return base + factor * (end - start)
+
+
+def schedule_free_adamw_v1(
+  learning_rate: float = 1e-3,
+  warmup_steps: int = 0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  r: float = 0.0,
+  weight_lr_power: float = 2.0,
+  v_dtype: Any = jnp.bfloat16,
+) -> ScheduleFreeV1:
+  r"""Schedule-Free AdamW with the 2024 AlgoPerf entry's numerics.
+
+  The parameters hold x, the averaged iterate that is evaluated. A training
+  step takes y = `gradient_point(x, state)`, the gradient g there, and then
+  `update(g, state, x)`. For step k = 0, 1, ..., with warmup length T, base
+  lr gamma, decay lambda and p = `weight_lr_power`:
+
+  .. math::
+
+    y_k &= x_k + (1 - \beta_1)(z_k - x_k), \quad g_k = \nabla f(y_k) \\
+    \gamma_k &= \max(\gamma \min(1, (k+1)/T), \epsilon), \quad
+      \gamma^{max}_k = \max(\gamma^{max}_{k-1}, \gamma_k) \\
+    w_k &= (k+1)^r (\gamma^{max}_k)^p, \quad S_k = S_{k-1} + w_k, \quad
+      c_k = w_k / S_k \\
+    v_k &= \beta_2 v_{k-1} + (1 - \beta_2) g_k^2, \quad
+      \eta_k = \gamma_k \sqrt{1 - \beta_2^{k+1}} \\
+    z_{k+1} &= z_k - \eta_k g_k / (\sqrt{v_k} + \epsilon)
+      - \eta_k \lambda x_k \\
+    x_{k+1} &= (1 - c_k) x_k + c_k z_{k+1}
+
+  with z_0 = x_0 and v_{-1} = 0. Buffers kept (`ScheduleFreeV1State`): z
+  and v per parameter, and the scalars k, gamma^max and S. There is no first
+  moment: b1 is only the interpolation weight of y.
+
+  As in the entry, v is rounded to bfloat16 after each of its two updates,
+  and sqrt(v) and sqrt(v) + eps are rounded to bfloat16 too; the decay is
+  computed at x and applied to z; the lr is floored at eps, so S_k > 0 and
+  lr = 0 still moves the parameters by steps of about eps.
+
+  Differences from the PyTorch class `ScheduleFreeAdamWV1`, none of them
+  more than float32 rounding: the per-step scalars are float32 here (Python
+  floats, i.e. float64, there; S_k accumulates float32 rounding, about
+  1e-7 relative per step); x is kept as it is, where the PyTorch class
+  recovers it from y by an inverse lerp each step (a few ulps of drift);
+  and XLA may fuse multiply-adds differently from torch's kernels.
+
+  Args:
+    learning_rate: base learning rate gamma, reached at the end of warmup.
+      A Python float: changing it (the self-tuning reset halves it) means
+      building a new optimizer and a new trace.
+    warmup_steps: linear warmup length in steps; 0 means none.
+    b1: the interpolation weight of y, in (0, 1].
+    b2: second-moment decay, in [0, 1).
+    eps: added to sqrt(v), and the floor of the scheduled learning rate.
+    weight_decay: decoupled decay lambda, computed at x, applied to z.
+    r: power of the step count in the averaging weights.
+    weight_lr_power: power p of lr_max in the averaging weights.
+    v_dtype: dtype of the second moment. bfloat16 is the entry's;
+      float32 turns the bfloat16 roundings off.
+
+  Returns:
+    A `ScheduleFreeV1` of pure functions, safe to `jax.jit`, with the
+    parameters and state donatable.
+
+  Raises:
+    ValueError: if a setting is out of range.
+  """
+  if not 0.0 < b1 <= 1.0:
+    raise ValueError(f'b1 must be in (0, 1], got {b1}.')
+  if not 0.0 <= b2 < 1.0:
+    raise ValueError(f'b2 must be in [0, 1), got {b2}.')
+  if not eps > 0.0:
+    raise ValueError(f'eps must be positive, got {eps}.')
+  if learning_rate < 0.0:
+    raise ValueError(
+      f'learning_rate must be non-negative, got {learning_rate}.'
+    )
+  if warmup_steps < 0:
+    raise ValueError(f'warmup_steps must be non-negative, got {warmup_steps}.')
+
+  # log(b2) in float64 once, so that 1 - b2^(k+1) = -expm1((k+1) log b2)
+  # loses nothing to cancellation when b2^(k+1) is close to 1.
+  log_b2 = math.log(b2) if b2 > 0.0 else -math.inf
+
+  def init(params: Params) -> ScheduleFreeV1State:
+    # A copy, so that z and the parameters are distinct buffers and both can
+    # be donated to a jitted step.
+    return ScheduleFreeV1State(
+      z=jax.tree.map(jnp.copy, params),
+      v=jax.tree.map(lambda p: jnp.zeros(p.shape, v_dtype), params),
+      k=jnp.zeros([], jnp.int32),
+      lr_max=jnp.zeros([], jnp.float32),
+      weight_sum=jnp.zeros([], jnp.float32),
+    )
+
+  def gradient_point(params: Params, state: ScheduleFreeV1State) -> Params:
+    return jax.tree.map(
+      lambda x, z: (x + (1.0 - b1) * (z - x)).astype(x.dtype),
+      params,
+      state.z,
+    )
+
+  def step_scalars(state: ScheduleFreeV1State) -> StepScalars:
+    step = (state.k + 1).astype(jnp.float32)
+    if warmup_steps > 0:
+      warmup = jnp.minimum(step / warmup_steps, 1.0)
+    else:
+      warmup = jnp.ones([], jnp.float32)
+    lr = jnp.maximum(learning_rate * warmup, eps)
+    lr_max = jnp.maximum(lr, state.lr_max)
+    weight = step**r * lr_max**weight_lr_power
+    weight_sum = state.weight_sum + weight
+    bias_correction = -jnp.expm1(step * log_b2)
+    return StepScalars(
+      lr=lr,
+      lr_max=lr_max,
+      weight_sum=weight_sum,
+      averaging_weight=weight / weight_sum,
+      step_size=lr * jnp.sqrt(bias_correction),
+    )
+
+  def update_leaf(x, z, v, grad, scalars):
+    x32 = x.astype(jnp.float32)
+    z32 = z.astype(jnp.float32)
+    grad = grad.astype(jnp.float32)
+
+    # The entry's order of operations on its bfloat16 buffer.
+    v_new = _round_like_torch(v.astype(jnp.float32) * b2, v_dtype)
+    v_new = _round_like_torch(v_new + ((1.0 - b2) * grad) * grad, v_dtype)
+    denominator = _round_like_torch(jnp.sqrt(v_new), v_dtype)
+    denominator = _round_like_torch(denominator + eps, v_dtype)
+
+    z_new = z32 + (-scalars.step_size * grad) / denominator
+    z_new = z_new - (scalars.step_size * weight_decay) * x32
+    x_new = _lerp(x32, z_new, scalars.averaging_weight)
+    return x_new.astype(x.dtype), z_new.astype(z.dtype), v_new.astype(v.dtype)
+
+  def update(
+    grads: Params, state: ScheduleFreeV1State, params: Params
+  ) -> tuple[Params, ScheduleFreeV1State]:
+    scalars = step_scalars(state)
+    treedef = jax.tree.structure(params)
+    results = [
+      update_leaf(x, z, v, grad, scalars)
+      for x, z, v, grad in zip(
+        treedef.flatten_up_to(params),
+        treedef.flatten_up_to(state.z),
+        treedef.flatten_up_to(state.v),
+        treedef.flatten_up_to(grads),
+        strict=True,
+      )
+    ]
+    new_x, new_z, new_v = (
+      treedef.unflatten([result[i] for result in results]) for i in range(3)
+    )
+    new_state = ScheduleFreeV1State(
+      z=new_z,
+      v=new_v,
+      k=state.k + 1,
+      lr_max=scalars.lr_max,
+      weight_sum=scalars.weight_sum,
+    )
+    return new_x, new_state
+
+  return ScheduleFreeV1(init, gradient_point, update, step_scalars)
