@@ -139,6 +139,14 @@ def main(argv: Optional[List[str]] = None) -> int:
   """Parses flags, runs, and turns user errors into one line and exit 2."""
   argv = list(sys.argv if argv is None else argv)
   fv = define_flags()
+  if any(arg in ('-h', '--help', '--helpfull') for arg in argv[1:]):
+    print(
+      f'usage: {argv[0]} --submission_path=PATH --workload=NAME '
+      '--experiment_dir=DIR --experiment_name=NAME [flags]\n\n'
+      "Trains a submission like AlgoPerf's submission_runner.py.\n"
+    )
+    print(fv.module_help(__name__))
+    return 0
   try:
     fv(argv)
   except flags.Error as e:

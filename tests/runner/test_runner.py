@@ -328,3 +328,12 @@ def test_v05_rules_call_neither_v06_hook(tmp_path):
     else:
       assert all(isinstance(s, types.MappingProxyType) for s in module.SEEN)
       assert module.PREPARED
+
+
+def test_help_lists_the_official_flags(capsys):
+  from sfperf.cli import main as sfperf_main
+
+  assert sfperf_main(['sfperf', 'run', '--help']) == 0
+  out = capsys.readouterr().out
+  for flag in ('--submission_path', '--tuning_ruleset', '--benchmark'):
+    assert flag in out
