@@ -172,16 +172,6 @@ def _print_warnings(warnings: List[str], path: str) -> None:
     print(f'All of them: {path}')
 
 
-def _spread_lines(scores: Scores, resamples: int) -> str:
-  spreads = uncertainty.score_spreads(scores, resamples)
-  lines = [
-    f'\nScore spread, 5th-95th percentile over {resamples} bootstrap '
-    'resamples of the studies:'
-  ]
-  lines += [f'  {name}: {spreads[name]}' for name in scores.submissions]
-  return '\n'.join(lines) + '\n'
-
-
 def main(argv) -> int:
   args = build_parser().parse_args(argv)
   # Per-file warnings are collected, counted and written to warnings.txt;
@@ -196,12 +186,12 @@ def main(argv) -> int:
     )
     if args.strict:
       check_strict(scores, catalog, args.self_tuning)
-    paths = write_outputs(scores, args.out, ruleset, label)
-    spread_text = (
-      _spread_lines(scores, args.bootstrap) if args.bootstrap > 0 else ''
+    spreads = (
+      uncertainty.score_spreads(scores, args.bootstrap)
+      if args.bootstrap > 0
+      else None
     )
-    if spread_text:
-      atomic_write_text(os.path.join(args.out, 'score_spread.txt'), spread_text)
+    paths = write_outputs(scores, args.out, ruleset, label, spreads=spreads)
   except (LogDirError, CatalogError, StrictError) as e:
     print(f'sfperf score: {e}', file=sys.stderr)
     return 2
@@ -209,7 +199,13 @@ def main(argv) -> int:
     print(f'sfperf score: cannot write to {args.out}: {e}', file=sys.stderr)
     return 2
   print(markdown_table(scores, ruleset, label), end='')
-  print(spread_text, end='')
+  if spreads:
+    print(
+      f'\nScores with a 90% interval from {args.bootstrap} bootstrap '
+      'resamples of the studies:'
+    )
+    for name in scores.submissions:
+      print(f'  {name}: {spreads[name]}')
   _print_warnings(scores.warnings, paths['warnings'])
   print(
     '\nWrote '

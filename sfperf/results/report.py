@@ -10,6 +10,15 @@ import numpy as np
 from sfperf.fsutil import atomic_path, atomic_write_text
 from sfperf.results.scoring import TIME_COLUMN, Scores
 
+SPREAD_NOTE = (
+  'Bootstrap over studies: for every submission and workload, as many '
+  'studies as it has are drawn with replacement from its own per-study '
+  'times to target; the medians, the held-out and 4x rules, the profiles '
+  'and the scores are recomputed from them, many times over. The interval '
+  'is the 5th to 95th percentile of the recomputed scores. It reflects seed '
+  'noise between studies only, not other hardware, workloads or tuning.'
+)
+
 
 def format_seconds(value: float) -> str:
   return 'inf' if not math.isfinite(value) else f'{value:.3f}'
@@ -91,6 +100,97 @@ def markdown_table(scores: Scores, ruleset: str, path_label: str) -> str:
     f'{len(scores.catalog.base_workloads)} base workloads in the '
     'denominator; they are relative to the submissions scored together.',
   ]
+  return '\n'.join(lines) + '\n'
+
+
+def study_table(scores: Scores) -> str:
+  """Per study: which trial won, at which eval, how many trials reached."""
+  lines = [
+    '| submission | workload | study | time to target (s) | winning trial '
+    '| eval index | trials reaching target |',
+    '|---|---|---|---:|---|---:|---:|',
+  ]
+  for name in scores.submissions:
+    for workload in scores.workloads:
+      result = scores.results[name].get(workload)
+      for study in result.studies if result else ():
+        winner = study.winner
+        lines.append(
+          f'| {name} | {workload} | {study.study} | '
+          f'{format_seconds(study.time)} | '
+          f'{winner.trial.trial if winner else "-"} | '
+          f'{winner.eval_index if winner else "-"} | '
+          f'{study.num_reached}/{len(study.trials)} |'
+        )
+  return '\n'.join(lines) + '\n'
+
+
+def trials_csv(scores: Scores) -> str:
+  """One row per trial: its time to target and whether it won its study."""
+  rows = [
+    [
+      'submission',
+      'workload',
+      'study',
+      'trial',
+      'eval_index_at_target',
+      'time_to_target',
+      'won_study',
+      'path',
+    ]
+  ]
+  for name in scores.submissions:
+    for workload in scores.workloads:
+      result = scores.results[name].get(workload)
+      for study in result.studies if result else ():
+        for trial in study.trials:
+          rows.append(
+            [
+              name,
+              workload,
+              study.study,
+              trial.trial.trial,
+              '' if trial.eval_index is None else str(trial.eval_index),
+              _full_precision(trial.time),
+              str(trial is study.winner).lower(),
+              trial.trial.path,
+            ]
+          )
+  return _csv(rows)
+
+
+def filtered_table(scores: Scores) -> str:
+  """The matrix the profile integrates: base workloads after the rules."""
+  names = scores.submissions
+  lines = [
+    '| workload | ' + ' | '.join(names) + ' |',
+    '|---|' + '---:|' * len(names),
+  ]
+  for workload in scores.catalog.base_workloads:
+    cells = [format_seconds(scores.filtered[n][workload]) for n in names]
+    lines.append(f'| {workload} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def leaderboard_table(scores: Scores, spreads=None) -> str:
+  """Ranked scores as a markdown table that drops into a README."""
+  ordered = sorted(scores.submissions, key=lambda n: (-scores.scores[n], n))
+  header = '| rank | submission | score |'
+  rule = '|---:|---|---:|'
+  if spreads:
+    header += ' 90% bootstrap interval |'
+    rule += '---|'
+  lines = [header, rule]
+  rank = 0
+  previous = None
+  for position, name in enumerate(ordered, start=1):
+    if scores.scores[name] != previous:
+      rank, previous = position, scores.scores[name]
+    row = f'| {rank} | {name} | {scores.scores[name]:.4f} |'
+    if spreads:
+      spread = spreads[name]
+      row += f' [{spread.low:.4f}, {spread.high:.4f}] |'
+    lines.append(row)
   return '\n'.join(lines) + '\n'
 
 
@@ -248,17 +348,19 @@ def _metric_view(scores: Scores, workload: str, spec):
 
 
 def report_markdown(
-  scores: Scores, ruleset: str, path_label: str, curve_files: List[str]
+  scores: Scores,
+  ruleset: str,
+  path_label: str,
+  curve_files: List[str],
+  spreads=None,
 ) -> str:
-  """One page that opens with the profile, then curves, then the table."""
-  summary = ', '.join(
-    f'{name} {scores.scores[name]:.4f}' for name in scores.submissions
-  )
+  """One page: scores, the profile, per-workload curves, then the tables."""
   lines = [
-    f'# Scores: {summary}',
+    '# Scores',
     '',
     f'{describe(scores, ruleset, path_label)}.',
     '',
+    leaderboard_table(scores, spreads),
     '![performance profile](performance_profile.png)',
     '',
   ]
@@ -268,7 +370,17 @@ def report_markdown(
     '## Time to target',
     '',
     markdown_table(scores, ruleset, path_label),
+    '## What the profile integrates',
+    '',
+    'Base workloads after the held-out and 4x rules (inf: not counted).',
+    '',
+    filtered_table(scores),
+    '## Studies',
+    '',
+    study_table(scores),
   ]
+  if spreads:
+    lines += ['## How the interval is computed', '', SPREAD_NOTE, '']
   if scores.warnings:
     lines += ['## Warnings', '']
     lines += [f'- {w}' for w in scores.warnings]
@@ -281,6 +393,7 @@ def write_outputs(
   ruleset: str,
   path_label: str,
   curves: bool = True,
+  spreads=None,
 ) -> Dict[str, str]:
   """Writes every output file; returns name -> path."""
   paths = {
@@ -289,10 +402,14 @@ def write_outputs(
     'table': os.path.join(out_dir, 'time_to_targets.md'),
     'profile': os.path.join(out_dir, 'performance_profile.png'),
     'report': os.path.join(out_dir, 'report.md'),
+    'trials': os.path.join(out_dir, 'trials.csv'),
+    'leaderboard': os.path.join(out_dir, 'leaderboard.md'),
     'warnings': os.path.join(out_dir, 'warnings.txt'),
   }
   atomic_write_text(paths['scores'], scores_csv(scores))
   atomic_write_text(paths['time_to_targets'], time_to_targets_csv(scores))
+  atomic_write_text(paths['trials'], trials_csv(scores))
+  atomic_write_text(paths['leaderboard'], leaderboard_table(scores, spreads))
   atomic_write_text(paths['table'], markdown_table(scores, ruleset, path_label))
   atomic_write_text(
     paths['warnings'], ''.join(w + '\n' for w in scores.warnings)
@@ -318,6 +435,6 @@ def write_outputs(
       curve_files.append((workload, relative))
   atomic_write_text(
     paths['report'],
-    report_markdown(scores, ruleset, path_label, curve_files),
+    report_markdown(scores, ruleset, path_label, curve_files, spreads),
   )
   return paths
