@@ -10,11 +10,8 @@ import json
 import os
 from typing import Dict, Optional, Tuple
 
-CATALOG_DIR = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  'workloads',
-  'catalog',
-)
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CATALOG_DIR = os.path.join(REPOSITORY_ROOT, 'workloads', 'catalog')
 BENCHMARK_VERSIONS = ('v0.5', 'v0.6')
 
 # Metric names whose smaller values are better; everything else is maximized.
@@ -176,6 +173,16 @@ def load_catalog(benchmark_version: str) -> Catalog:
   return load_catalog_file(
     os.path.join(CATALOG_DIR, f'{benchmark_version}.json')
   )
+
+
+def all_workload_names() -> frozenset:
+  """Every workload name of every catalog (v0.5, v0.6, proxy)."""
+  names = set(
+    load_catalog_file(os.path.join(CATALOG_DIR, 'proxy.json')).workloads
+  )
+  for version in BENCHMARK_VERSIONS:
+    names |= set(load_catalog(version).workloads)
+  return frozenset(names)
 
 
 def load_proxy_catalog(benchmark_version: str) -> Catalog:

@@ -32,7 +32,10 @@ def atomic_path(path: str) -> Iterator[str]:
 def atomic_write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (UTF-8)."""
   with atomic_path(path) as temp_path:
-    with open(temp_path, 'w', encoding='utf-8', newline='') as f:
+    # backslashreplace: a file name that is not UTF-8 must not crash a write.
+    with open(
+      temp_path, 'w', encoding='utf-8', errors='backslashreplace', newline=''
+    ) as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())

@@ -11,6 +11,7 @@ from sfperf.catalog import (
   BENCHMARK_VERSIONS,
   Catalog,
   CatalogError,
+  all_workload_names,
   load_catalog,
   load_proxy_catalog,
   strip_framework_suffix,
@@ -128,14 +129,33 @@ def _workload_names(logs: LogSet) -> set:
 
 
 def _catalog_for(args, logs: List[LogSet]) -> tuple:
+  """The catalog to score against: AlgoPerf's or the proxy suite's.
+
+  `auto` picks the proxy suite when the logs hold proxy workloads and no
+  AlgoPerf workload; logs with neither are an error.
+  """
   proxy = load_proxy_catalog(args.benchmark)
+  algoperf = load_catalog(args.benchmark)
+  names = set().union(*(_workload_names(log_set) for log_set in logs))
   suite = args.suite
   if suite == 'auto':
-    names = set().union(*(_workload_names(log_set) for log_set in logs))
-    suite = 'proxy' if names <= set(proxy.workloads) else 'algoperf'
+    has_proxy = bool(names & set(proxy.workloads))
+    has_algoperf = bool(names & set(algoperf.workloads))
+    if not has_proxy and not has_algoperf:
+      raise CatalogError(
+        'no workload in the logs is in the '
+        f'{args.benchmark} catalog or the proxy suite (found: '
+        f'{", ".join(sorted(names))})'
+      )
+    suite = 'proxy' if has_proxy and not has_algoperf else 'algoperf'
   if suite == 'proxy':
     return proxy, PROXY_LABEL
-  return load_catalog(args.benchmark), OFFICIAL_LABEL
+  return algoperf, OFFICIAL_LABEL
+
+
+def _check_out(out: str) -> None:
+  if not out:
+    raise CatalogError('--out must name a folder')
 
 
 def check_strict(scores: Scores, catalog: Catalog, self_tuning: bool) -> None:
@@ -172,14 +192,23 @@ def _print_warnings(warnings: List[str], path: str) -> None:
     print(f'All of them: {path}')
 
 
+def _escape_undecodable_output() -> None:
+  """File names that are not UTF-8 must not crash printing."""
+  for stream in (sys.stdout, sys.stderr):
+    if hasattr(stream, 'reconfigure'):
+      stream.reconfigure(errors='backslashreplace')
+
+
 def main(argv) -> int:
   args = build_parser().parse_args(argv)
+  _escape_undecodable_output()
   # Per-file warnings are collected, counted and written to warnings.txt;
   # printing each one as well would bury the table.
   logging.set_verbosity(logging.ERROR)
   ruleset = 'self-tuning' if args.self_tuning else 'external-tuning'
   try:
-    logs = read_log_root(args.logdir)
+    _check_out(args.out)
+    logs = read_log_root(args.logdir, all_workload_names())
     catalog, label = _catalog_for(args, [logs])
     scores = score_logs(
       logs, catalog, args.trial_choice, exclude_unrun=args.exclude_unrun
@@ -218,11 +247,14 @@ def main(argv) -> int:
 
 def compare_main(argv) -> int:
   args = build_compare_parser().parse_args(argv)
+  _escape_undecodable_output()
   logging.set_verbosity(logging.ERROR)
   ruleset = 'self-tuning' if args.self_tuning else 'external-tuning'
   try:
-    variant = read_log_root(args.variant)
-    field = [read_log_root(path) for path in args.field]
+    _check_out(args.out)
+    known = all_workload_names()
+    variant = read_log_root(args.variant, known)
+    field = [read_log_root(path, known) for path in args.field]
     catalog, label = _catalog_for(args, field + [variant])
     comparison = compare_module.compare(
       variant,

@@ -24,6 +24,7 @@ MEASUREMENTS_FILENAME = 'eval_measurements.csv'
 _TRIAL_DIR = re.compile(r'trial_(\d+)$')
 _TIMESTAMP_SUFFIX = re.compile(r'^(.*)-\d{4}(-\d{2}){5}$')
 _FRAMEWORK = re.compile(r'^(.*)_(jax|pytorch)$')
+_BACKUP = re.compile(r'\.backup-|\.previous-')
 
 
 class LogDirError(ValueError):
@@ -59,7 +60,13 @@ class LogSet:
   warnings: List[str]
 
 
+def printable(text: str) -> str:
+  """Escapes bytes of a non-UTF-8 file name so the text can be printed."""
+  return text.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+
 def _warn(warnings: List[str], message: str) -> None:
+  message = printable(message)
   warnings.append(message)
   logging.warning(message)
 
@@ -88,7 +95,10 @@ class EvalColumns(Mapping):
     warnings: List[str],
   ):
     self._path = path
-    self._index = {name: i for i, name in enumerate(header)}
+    self._width = len(header)
+    self._index = {}
+    for i, name in enumerate(header):
+      self._index.setdefault(name, i)
     self._fields = fields
     self._num_rows = num_rows
     self._warnings = warnings
@@ -97,7 +107,7 @@ class EvalColumns(Mapping):
   def __getitem__(self, name: str) -> np.ndarray:
     if name not in self._parsed:
       index = self._index[name]  # KeyError for an unknown column
-      cells = self._fields[index :: len(self._index)]
+      cells = self._fields[index :: self._width]
       try:
         values = np.fromiter(map(float, cells), np.float64, len(cells))
       except ValueError:
@@ -151,6 +161,16 @@ def read_eval_csv(path: str, warnings: List[str]) -> Optional[Mapping]:
 
   header = [name.strip() for name in lines[0].split(',')]
   body = lines[1:]
+  if not body:
+    _warn(warnings, f'{path}: header only, no evals; trial skipped')
+    return None
+  duplicated = sorted({n for n in header if header.count(n) > 1})
+  if duplicated:
+    _warn(
+      warnings,
+      f'{path}: duplicated column(s) {", ".join(duplicated)}; the first of '
+      'each is used',
+    )
   if '"' not in text and '\r' not in text:
     fields = ','.join(body).split(',') if body else []
     if len(fields) == len(header) * len(body):
@@ -159,8 +179,15 @@ def read_eval_csv(path: str, warnings: List[str]) -> Optional[Mapping]:
 
 
 def _read_eval_csv_slowly(path: str, text: str, warnings: List[str]):
-  rows = [row for row in csv.reader(io.StringIO(text)) if row]
+  try:
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+  except csv.Error as e:
+    _warn(warnings, f'{path}: not readable as CSV ({e}); trial skipped')
+    return None
   header = [name.strip() for name in rows[0]]
+  if len(rows) < 2:
+    _warn(warnings, f'{path}: header only, no evals; trial skipped')
+    return None
   bad_lines = []
   fields = []
   for line_number, row in enumerate(rows[1:], start=2):
@@ -181,9 +208,9 @@ def _read_eval_csv_slowly(path: str, text: str, warnings: List[str]):
 def _submission_dirs(root: str) -> Dict[str, List[str]]:
   """Maps submission name -> its directories (timestamped siblings merged)."""
   groups: Dict[str, List[str]] = {}
-  for entry in sorted(os.listdir(root)):
+  for entry in sorted(_listdir(root)):
     path = os.path.join(root, entry)
-    if not os.path.isdir(path):
+    if _is_skipped(entry) or not os.path.isdir(path):
       continue
     match = _TIMESTAMP_SUFFIX.match(entry)
     name = match.group(1) if match else entry
@@ -191,50 +218,78 @@ def _submission_dirs(root: str) -> Dict[str, List[str]]:
   return groups
 
 
-def _looks_like_submission(path: str) -> bool:
-  """True if `path/<study>/<workload>_<framework>/trial_<k>` dirs exist.
+def _is_skipped(entry: str) -> bool:
+  """Hidden directories (the runner's `.backup/`) and old-style backups."""
+  return entry.startswith('.') or _BACKUP.search(entry) is not None
 
-  The framework suffix matters: stray trial directories directly under a
+
+def _is_workload_name(name: str, known: frozenset) -> bool:
+  return bool(_FRAMEWORK.match(name)) or name in known
+
+
+def _looks_like_submission(path: str, known: frozenset) -> bool:
+  """True if `path/<study>/<workload>/trial_<k>` dirs exist.
+
+  A workload directory is named `<workload>_<framework>` (or, tolerated, a
+  bare catalog workload name): stray trial directories directly under a
   study (as in the published v0.5 external-tuning logs) must not make a
   directory of submissions look like one submission.
   """
-  for study in os.listdir(path):
+  for study in _listdir(path):
     study_path = os.path.join(path, study)
-    if not os.path.isdir(study_path):
+    if _is_skipped(study) or not os.path.isdir(study_path):
       continue
-    for workload in os.listdir(study_path):
+    for workload in _listdir(study_path):
       workload_path = os.path.join(study_path, workload)
       if (
-        _FRAMEWORK.match(workload)
+        not _is_skipped(workload)
+        and _is_workload_name(workload, known)
         and os.path.isdir(workload_path)
-        and any(_TRIAL_DIR.match(t) for t in os.listdir(workload_path))
+        and any(_TRIAL_DIR.match(t) for t in _listdir(workload_path))
       ):
         return True
   return False
 
 
+def _listdir(path: str) -> List[str]:
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
+
+
 def read_submission(
-  name: str, directories: List[str], warnings: List[str]
+  name: str,
+  directories: List[str],
+  warnings: List[str],
+  known: frozenset = frozenset(),
 ) -> List[TrialLog]:
   """Reads every trial of one submission from its directories."""
   trials = []
   for directory in directories:
-    for study in sorted(os.listdir(directory)):
+    for study in sorted(_listdir(directory)):
       study_path = os.path.join(directory, study)
-      if not os.path.isdir(study_path):
+      if _is_skipped(study) or not os.path.isdir(study_path):
         continue
-      for workload in sorted(os.listdir(study_path)):
+      for workload in sorted(_listdir(study_path)):
         workload_path = os.path.join(study_path, workload)
         if not os.path.isdir(workload_path):
           continue
-        trial_dirs = [
-          t for t in os.listdir(workload_path) if _TRIAL_DIR.match(t)
-        ]
+        if _is_skipped(workload):
+          _warn(warnings, f'{workload_path}: a backup; ignored')
+          continue
+        trial_dirs = [t for t in _listdir(workload_path) if _TRIAL_DIR.match(t)]
         if not trial_dirs:
           _warn(
             warnings,
             f'{workload_path}: no trial_<k> directories; not a workload '
             'directory, ignored',
+          )
+          continue
+        if not _is_workload_name(workload, known):
+          _warn(
+            warnings,
+            f'{workload_path}: not named <workload>_<jax|pytorch>; ignored',
           )
           continue
         if not _FRAMEWORK.match(workload):
@@ -269,27 +324,39 @@ def read_submission(
   return trials
 
 
-def read_log_root(root: str) -> LogSet:
-  """Reads a directory of submissions, or a single submission directory."""
-  if not os.path.isdir(root):
+def read_log_root(root: str, known_workloads=frozenset()) -> LogSet:
+  """Reads a directory of submissions, or a single submission directory.
+
+  Args:
+    root: the directory.
+    known_workloads: catalog workload names that are accepted as workload
+      directory names without a framework suffix.
+  """
+  if not root:
+    raise LogDirError('the log directory argument is empty')
+  if not os.path.exists(root):
     raise LogDirError(f'log directory {root} does not exist')
+  if not os.path.isdir(root):
+    raise LogDirError(f'{root} is a file, not a log directory')
+  known = frozenset(known_workloads)
   warnings: List[str] = []
   root = os.path.normpath(root)
-  if _looks_like_submission(root):
-    groups = {os.path.basename(root): [root]}
+  if _looks_like_submission(root, known):
+    groups = {printable(os.path.basename(root)): [root]}
   else:
     groups = {
-      name: dirs
+      printable(name): dirs
       for name, dirs in _submission_dirs(root).items()
-      if any(_looks_like_submission(d) for d in dirs)
+      if any(_looks_like_submission(d, known) for d in dirs)
     }
   trials = {
-    name: read_submission(name, dirs, warnings) for name, dirs in groups.items()
+    name: read_submission(name, dirs, warnings, known)
+    for name, dirs in groups.items()
   }
   trials = {name: found for name, found in trials.items() if found}
   if not trials:
     raise LogDirError(
-      f'{root}: no trials found; expected '
+      f'{printable(root)}: no trials found; expected '
       '<submission>/<study>/<workload>_<framework>/trial_<k>/'
       f'{MEASUREMENTS_FILENAME}'
     )

@@ -1,5 +1,6 @@
 """Writes what `sfperf score` produces: CSVs, markdown, a profile PNG."""
 
+import csv
 import io
 import math
 import os
@@ -7,6 +8,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from sfperf.catalog import REPOSITORY_ROOT
 from sfperf.fsutil import atomic_path, atomic_write_text
 from sfperf.results.scoring import TIME_COLUMN, Scores
 
@@ -29,7 +31,9 @@ def _full_precision(value: float) -> str:
 
 
 def _csv(rows: List[List[str]]) -> str:
-  return ''.join(','.join(row) + '\n' for row in rows)
+  buffer = io.StringIO()
+  csv.writer(buffer, lineterminator='\n').writerows(rows)
+  return buffer.getvalue()
 
 
 def scores_csv(scores: Scores) -> str:
@@ -56,9 +60,10 @@ def _studies_reached(scores: Scores, submission: str, workload: str) -> str:
 
 
 def describe(scores: Scores, ruleset: str, path_label: str) -> str:
+  catalog_path = os.path.relpath(scores.catalog.path, REPOSITORY_ROOT)
   return (
     f'{path_label}; {scores.catalog.benchmark_version} catalog '
-    f'({os.path.relpath(scores.catalog.path)}); {ruleset} ruleset; '
+    f'({catalog_path}); {ruleset} ruleset; '
     f'trial choice: {scores.trial_choice.replace("_", " ")}'
   )
 
@@ -267,8 +272,12 @@ def plot_workload_curves(
     if TIME_COLUMN in trial.trial.columns
     and spec.validation_metric in trial.trial.columns
   ]
+  finite_times = [
+    t.trial.columns[TIME_COLUMN][np.isfinite(t.trial.columns[TIME_COLUMN])]
+    for *_, t in drawn
+  ]
   longest = max(
-    [budget] + [np.nanmax(t.trial.columns[TIME_COLUMN]) for *_, t in drawn]
+    [budget] + [times.max() for times in finite_times if times.size]
   )
   scale, unit = (3600.0, 'hours') if longest > 7200 else (1.0, 's')
 

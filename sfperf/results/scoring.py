@@ -93,16 +93,18 @@ def trial_time_to_target(trial: TrialLog, spec: WorkloadSpec) -> TrialResult:
   times = trial.columns.get(TIME_COLUMN)
   if metric is None or times is None:
     return TrialResult(trial, None, math.inf)
+  # An eval with a non-finite metric or a time that is not a positive
+  # finite number is broken, not fast: it never counts as reaching.
   with np.errstate(invalid='ignore'):
+    valid = np.isfinite(metric) & np.isfinite(times) & (times > 0)
     if spec.minimize:
-      reached = metric <= spec.validation_target_value
+      reached = valid & (metric <= spec.validation_target_value)
     else:
-      reached = metric >= spec.validation_target_value
+      reached = valid & (metric >= spec.validation_target_value)
   if not reached.any():
     return TrialResult(trial, None, math.inf)
   index = int(np.argmax(reached))
-  time = float(times[index])
-  return TrialResult(trial, index, math.inf if math.isnan(time) else time)
+  return TrialResult(trial, index, float(times[index]))
 
 
 def study_result(
@@ -133,6 +135,30 @@ def _missing_columns(trial: TrialLog, spec: WorkloadSpec) -> List[str]:
   ]
 
 
+def _warn_invalid_values(
+  trial: TrialLog, spec: WorkloadSpec, warnings: List[str]
+) -> None:
+  metric = trial.columns[spec.validation_metric]
+  times = trial.columns[TIME_COLUMN]
+  if np.isnan(metric).any():
+    warnings.append(
+      f'{trial.path}: NaN in {spec.validation_metric}; those evals count as '
+      'not reaching the target'
+    )
+  if np.isinf(metric).any():
+    warnings.append(
+      f'{trial.path}: infinite value in {spec.validation_metric}; those '
+      'evals count as not reaching the target'
+    )
+  with np.errstate(invalid='ignore'):
+    bad_times = ~(np.isfinite(times) & (times > 0))
+  if bad_times.any():
+    warnings.append(
+      f'{trial.path}: {int(bad_times.sum())} eval(s) whose {TIME_COLUMN} is '
+      'not a positive finite number; they count as not reaching the target'
+    )
+
+
 def workload_results(
   submission: str,
   trials: Sequence[TrialLog],
@@ -157,11 +183,8 @@ def workload_results(
         f'{trial.path}: no column {" or ".join(missing)}; this trial '
         'counts as not reaching the target'
       )
-    elif np.isnan(trial.columns[spec.validation_metric]).any():
-      warnings.append(
-        f'{trial.path}: NaN in {spec.validation_metric}; those evals '
-        'count as not reaching the target'
-      )
+    else:
+      _warn_invalid_values(trial, spec, warnings)
     grouped.setdefault(workload, {}).setdefault(trial.study, []).append(trial)
 
   results = {}

@@ -157,8 +157,8 @@ def test_cli_writes_all_outputs(tmp_path, capsys):
   assert ttt[1].startswith('a,inf,200.0,')
   assert (out / 'performance_profile.png').read_bytes()[:4] == b'\x89PNG'
   assert (out / 'curves' / 'fastmri.png').read_bytes()[:4] == b'\x89PNG'
-  assert (out / 'leaderboard.md').read_text().splitlines()[2].startswith(
-    '| 1 | a |'
+  assert (
+    (out / 'leaderboard.md').read_text().splitlines()[2].startswith('| 1 | a |')
   )
   trials = (out / 'trials.csv').read_text().splitlines()
   assert trials[0].startswith('submission,workload,study,trial,')
