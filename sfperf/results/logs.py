@@ -266,6 +266,7 @@ def read_submission(
 ) -> List[TrialLog]:
   """Reads every trial of one submission from its directories."""
   trials = []
+  seen: Dict[tuple, str] = {}
   for directory in directories:
     for study in sorted(_listdir(directory)):
       study_path = os.path.join(directory, study)
@@ -310,6 +311,15 @@ def read_submission(
           columns = read_eval_csv(csv_path, warnings)
           if columns is None:
             continue
+          key = (study, workload, trial)
+          if key in seen:
+            _warn(
+              warnings,
+              f'{csv_path}: {name}/{study}/{workload}/{trial} was already '
+              f'read from {seen[key]}; both are kept as trials, as the '
+              'official scorer does',
+            )
+          seen[key] = csv_path
           trials.append(
             TrialLog(
               name,

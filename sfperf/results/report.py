@@ -38,7 +38,9 @@ def _csv(rows: List[List[str]]) -> str:
 
 def scores_csv(scores: Scores) -> str:
   rows = [['submission', 'score']]
-  rows += [[name, f'{scores.scores[name]:.6f}'] for name in scores.submissions]
+  rows += [
+    [name, _full_precision(scores.scores[name])] for name in scores.submissions
+  ]
   return _csv(rows)
 
 

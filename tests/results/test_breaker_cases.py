@@ -166,7 +166,7 @@ def test_csv_outputs_quote_odd_submission_names(tmp_path):
 
   scores = score_logs(read_log_root(str(root)), load_proxy_catalog('v0.6'))
   rows = list(csv.reader(io.StringIO(scores_csv(scores))))
-  assert rows == [['submission', 'score'], ['sub,A', '1.000000']]
+  assert rows == [['submission', 'score'], ['sub,A', '1.0']]
 
 
 def test_a_file_is_not_a_log_directory(tmp_path):
@@ -181,3 +181,14 @@ def test_empty_out_is_rejected(tmp_path, capsys):
   write_trial(str(root), 'a', 's0', 'trial_1', GOOD, 'digits_pytorch')
   code = sfperf_main(['sfperf', 'score', str(root), '--out', ''])
   assert code == 2 and '--out' in capsys.readouterr().err
+
+
+def test_a_trial_found_twice_is_reported(tmp_path):
+  root = tmp_path / 'logs'
+  write_trial(str(root), 'a', 's0', 'trial_1', GOOD, 'digits_pytorch')
+  write_trial(
+    str(root), 'a-2024-01-01-00-00-00', 's0', 'trial_1', GOOD, 'digits_pytorch'
+  )
+  logs = read_log_root(str(root))
+  assert len(logs.trials['a']) == 2
+  assert any('was already read from' in w for w in logs.warnings)
