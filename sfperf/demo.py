@@ -57,21 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _trial_finished(trial_dir: str) -> bool:
-  """A trial whose measurements.csv ends with the runner's final score row."""
-  path = os.path.join(trial_dir, 'measurements.csv')
-  if not os.path.isfile(path):
-    return False
-  with open(path, encoding='utf-8', errors='replace') as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
-  if len(lines) < 2:
-    return False
-  header = lines[0].split(',')
-  last = lines[-1].split(',')
-  filled = [name for name, value in zip(header, last, strict=False) if value]
-  return filled == ['score']
-
-
 def _plan(studies: int) -> List[Tuple[str, str, int]]:
   return [
     (name, path, study)
@@ -82,12 +67,13 @@ def _plan(studies: int) -> List[Tuple[str, str, int]]:
 
 def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
   from sfperf import runner
+  from sfperf.runner.logs import ends_with_final_score
 
   experiment_dir = os.path.join(out, 'logs', name)
   trial_dir = os.path.join(
     experiment_dir, f'study_{study}', f'{WORKLOAD}_{FRAMEWORK}', 'trial_1'
   )
-  if _trial_finished(trial_dir):
+  if ends_with_final_score(trial_dir):
     return None
   results = runner.run(
     path,
@@ -102,7 +88,8 @@ def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
     save_checkpoints=True,
     save_intermediate_checkpoints=False,
   )
-  return results[0]
+  # The runner leaves out a trial it finds finished on resume.
+  return results[0] if results else None
 
 
 def _outcome(result, spec) -> str:
@@ -111,6 +98,10 @@ def _outcome(result, spec) -> str:
     value = metrics.get(spec.validation_metric)
     if value is None:
       continue
+    # The scorer's inclusive rule (`>=`, `<=` when minimizing), as the
+    # official scorer counts; the runner stops only on a strict `>`, as
+    # AlgoPerf's runner does, so a value exactly at the target is met here
+    # while that trial trained on.
     met = (
       value <= spec.validation_target_value
       if spec.minimize
@@ -118,8 +109,9 @@ def _outcome(result, spec) -> str:
     )
     if met:
       return (
-        f'{spec.validation_metric} {value:.4f} reached the target '
-        f'{spec.validation_target_value:g} at {metrics["score"]:.1f} s'
+        f'{spec.validation_metric} {value:.4f} met the target '
+        f'{spec.validation_target_value:g} (scorer rule, inclusive '
+        f'{"<=" if spec.minimize else ">="}) at {metrics["score"]:.1f} s'
       )
   best = [
     m[spec.validation_metric]
@@ -128,21 +120,58 @@ def _outcome(result, spec) -> str:
   ]
   best_value = (min if spec.minimize else max)(best) if best else float('nan')
   return (
-    f'target {spec.validation_target_value:g} not reached (best '
-    f'{spec.validation_metric} {best_value:.4f})'
+    f'target {spec.validation_target_value:g} not met (scorer rule, '
+    f'inclusive; best {spec.validation_metric} {best_value:.4f})'
   )
 
 
+def _move_aside(out: str) -> str:
+  """Renames `out` to `<out>.previous-<timestamp>[-N]`; returns the name."""
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  base = f'{out.rstrip(os.sep) or out}.previous-{stamp}'
+  backup = base
+  suffix = 1
+  while os.path.exists(backup):
+    suffix += 1
+    backup = f'{base}-{suffix}'
+  os.replace(out, backup)
+  return backup
+
+
 def main(argv) -> int:
+  """Runs the demo; user errors are one line and exit 2, Ctrl-C exits 130."""
   args = build_parser().parse_args(argv)
   if args.studies < 1:
     print('sfperf demo: --studies must be at least 1', file=sys.stderr)
     return 2
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    print(
+      f'sfperf demo: --out {args.out} is a file, not a folder; choose '
+      'another --out',
+      file=sys.stderr,
+    )
+    return 2
+  from sfperf.runner import UsageError
+
+  try:
+    return _demo(args)
+  except UsageError as e:
+    print(f'sfperf demo: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    # Finished trials are kept and an interrupted one resumes from its
+    # checkpoint, so a rerun (without --fresh) continues where this stopped.
+    print(
+      '\nsfperf demo: interrupted; rerun make demo to continue',
+      file=sys.stderr,
+    )
+    return 130
+
+
+def _demo(args) -> int:
   logging.set_verbosity(logging.WARNING)
   if args.fresh and os.path.exists(args.out):
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    backup = f'{args.out}.previous-{stamp}'
-    os.replace(args.out, backup)
+    backup = _move_aside(args.out)
     print(f'Moved the earlier demo output to {backup}')
 
   plan = _plan(args.studies)

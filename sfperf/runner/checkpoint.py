@@ -10,12 +10,29 @@ trial starts a freshly seeded pass over the training data.
 
 import glob
 import os
+import pickle
 import re
-from typing import Any, Dict, Optional
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from absl import logging
 
 _NAME = re.compile(r'checkpoint_(\d+)$')
+_REQUIRED_KEYS = (
+  'optimizer_state',
+  'model_params',
+  'train_state',
+  'eval_results',
+  'global_step',
+  'preemption_count',
+  'rng',
+  'torch_rng_state',
+)
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a trial can be read; the message names the files."""
 
 
 def _state_of(value: Any) -> Any:
@@ -40,14 +57,76 @@ def _unwrap(model):
   return model.module if hasattr(model, 'module') else model
 
 
-def latest_checkpoint(trial_dir: str) -> Optional[str]:
-  """Path of the checkpoint with the highest step, or None."""
+def checkpoints(trial_dir: str) -> List[str]:
+  """Paths of the trial's checkpoints, highest step first."""
   found = []
   for path in glob.glob(os.path.join(trial_dir, 'checkpoint_*')):
     match = _NAME.search(path)
     if match:
       found.append((int(match.group(1)), path))
-  return max(found)[1] if found else None
+  return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(trial_dir: str) -> Optional[str]:
+  """Path of the checkpoint with the highest step, or None."""
+  found = checkpoints(trial_dir)
+  return found[0] if found else None
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+  """The payload of one checkpoint file.
+
+  Raises:
+    CheckpointError: the file is empty, truncated or not a checkpoint.
+  """
+  try:
+    payload = torch.load(path, weights_only=False)
+  except (
+    OSError,
+    EOFError,
+    RuntimeError,
+    ValueError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+  ) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CheckpointError(f'{path} is unreadable ({reason})') from None
+  if not isinstance(payload, dict):
+    raise CheckpointError(f'{path} is not a runner checkpoint')
+  missing = [key for key in _REQUIRED_KEYS if key not in payload]
+  if missing:
+    raise CheckpointError(f'{path} lacks {", ".join(missing)}')
+  return payload
+
+
+def latest_readable_checkpoint(
+  trial_dir: str,
+) -> Optional[Tuple[str, Dict[str, Any]]]:
+  """(path, payload) of the newest checkpoint that reads, or None if none.
+
+  A corrupt newer checkpoint (a crash while the disk was full, a truncated
+  copy) is skipped with a warning naming it, and left in place.
+
+  Raises:
+    CheckpointError: checkpoints exist but none of them can be read.
+  """
+  paths = checkpoints(trial_dir)
+  problems = []
+  for path in paths:
+    try:
+      payload = read_checkpoint(path)
+    except CheckpointError as e:
+      problems.append(str(e))
+      continue
+    for problem in problems:
+      logging.warning('%s; resuming from %s instead.', problem, path)
+    return path, payload
+  if problems:
+    raise CheckpointError(
+      '; '.join(problems) + ' and no earlier checkpoint exists; move the '
+      'trial directory aside (or rerun with --overwrite) to start it over'
+    )
+  return None
 
 
 def save_checkpoint(
@@ -90,14 +169,18 @@ def save_checkpoint(
 
 
 def restore_checkpoint(
-  path: str, optimizer_state: Any, model_params: torch.nn.Module
+  path: str,
+  optimizer_state: Any,
+  model_params: torch.nn.Module,
+  payload: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-  """Loads `path` into the live optimizer state and model.
+  """Loads `path` (or its already read `payload`) into the live state.
 
   Returns the checkpoint dict with 'optimizer_state' replaced by the live
   (now restored) optimizer state.
   """
-  payload = torch.load(path, weights_only=False)
+  if payload is None:
+    payload = read_checkpoint(path)
   _unwrap(model_params).load_state_dict(payload['model_params'])
   payload['optimizer_state'] = _load_into(
     optimizer_state, payload['optimizer_state']

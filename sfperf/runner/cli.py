@@ -89,8 +89,9 @@ def define_flags() -> flags.FlagValues:
     'overwrite',
     False,
     'If <experiment_dir>/<experiment_name>/<workload>_<framework> exists, '
-    'move it aside to <that dir>.backup-<timestamp> and start over. Nothing '
-    'is deleted (the official runner deletes the directory).',
+    'move it aside to <experiment_dir>/<experiment_name>/.backup/'
+    '<workload>_<framework>-<timestamp> and start over. Nothing is deleted '
+    '(the official runner deletes the directory); the scorer skips .backup.',
     flag_values=fv,
   )
   flags.DEFINE_boolean(
@@ -148,9 +149,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(fv.module_help(__name__))
     return 0
   try:
-    fv(argv)
+    positional = fv(argv)[1:]
   except flags.Error as e:
     print(f'{argv[0]}: {e}', file=sys.stderr)
+    return 2
+  if positional:
+    print(
+      f'{argv[0]}: unexpected argument(s) {" ".join(positional)}; every '
+      'input is a --flag=value (see --help)',
+      file=sys.stderr,
+    )
     return 2
   logging.set_verbosity(logging.INFO)
   for name in (
@@ -188,9 +196,19 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (UsageError, CatalogError) as e:
     print(f'{argv[0]}: {e}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    # Checkpoints and logs are written atomically, so what is on disk is
+    # whole and the trial continues from its latest checkpoint.
+    print(
+      f'\n{argv[0]}: interrupted; resume with --resume_last_run',
+      file=sys.stderr,
+    )
+    return 130
   for result in results:
+    # Strict `>`, as AlgoPerf's runner stops; the scorer counts `>=`.
     logging.info(
-      'Trial %d: score %.2fs, step %d, validation target %s -> %s',
+      'Trial %d: score %.2fs, step %d, validation target (strict >, runner '
+      'stop rule) %s -> %s',
       result.trial_index,
       result.score,
       result.global_step,

@@ -6,6 +6,7 @@ and trains each trial with `training.train_once`.
 
 import datetime
 import itertools
+import numbers
 import os
 from typing import Any, Dict, List, Optional
 
@@ -13,7 +14,7 @@ import torch
 from absl import logging
 
 from sfperf import catalog
-from sfperf.runner import loading, logs, training
+from sfperf.runner import checkpoint, loading, logs, training
 from sfperf.runner.loading import UsageError
 
 FRAMEWORKS = ('pytorch', 'jax')
@@ -28,12 +29,54 @@ def _base_workload_name(workload_name: str, known: List[str]) -> str:
   return workload_name
 
 
+def _display_path(path: str) -> str:
+  """`path` relative to the working directory if under it, else absolute."""
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
+
+
+def _submission_name(submission) -> str:
+  path = getattr(submission, '__file__', None)
+  return _display_path(path) if path else submission.__name__
+
+
+def _check_batch_size(
+  submission, call: str, value: Any, upper: Optional[int] = None
+) -> int:
+  """`value` as an int if it is a usable batch size, else UsageError."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise UsageError(
+      f'submission {_submission_name(submission)}: {call} returned '
+      f'{value!r} ({type(value).__name__}); it must return a positive int'
+    )
+  value = int(value)
+  if value < 1:
+    raise UsageError(
+      f'submission {_submission_name(submission)}: {call} returned '
+      f'{value}; a batch size must be at least 1'
+    )
+  if upper is not None and value > upper:
+    # The training queue drops a partial last batch, as AlgoPerf's input
+    # pipelines do, so a batch larger than the split would never be full.
+    raise UsageError(
+      f'submission {_submission_name(submission)}: {call} returned '
+      f'{value}, more than the {upper} training examples of the workload; '
+      f'return at most {upper}'
+    )
+  return value
+
+
 def resolve_batch_size(submission, workload_name: str, workload) -> int:
   """The submission's global batch size for this workload.
 
   Tries the full name, then (on ValueError) the base workload name, as the
   official runner does, and for a proxy workload its AlgoPerf analogue
   (`workload.algoperf_analogue`, e.g. 'mnist'). Logs the name used.
+
+  Raises:
+    UsageError: get_batch_size raised ValueError for every name or any
+      other exception (the official runner lets that propagate), or
+      returned something other than an int in [1, num_train_examples].
   """
   known = list(catalog.load_catalog('v0.6').workloads)
   names = [workload_name, _base_workload_name(workload_name, known)]
@@ -42,17 +85,42 @@ def resolve_batch_size(submission, workload_name: str, workload) -> int:
     names.append(analogue)
   tried = []
   for name in dict.fromkeys(names):
+    call = f'get_batch_size({name!r})'
     try:
       batch_size = submission.get_batch_size(name)
     except ValueError:
       tried.append(name)
       continue
-    logging.info('Batch size %d, from get_batch_size(%r).', batch_size, name)
+    except Exception as e:  # the submission's bug, not the runner's
+      raise UsageError(
+        f'submission {_submission_name(submission)}: {call} raised '
+        f'{loading.describe_error(e)}; fix get_batch_size'
+      ) from None
+    batch_size = _check_batch_size(
+      submission, call, batch_size, workload.num_train_examples
+    )
+    logging.info('Batch size %d, from %s.', batch_size, call)
     return batch_size
   raise UsageError(
     f'the submission has no batch size for workload {workload_name!r}; '
     f'get_batch_size raised ValueError for {", ".join(map(repr, tried))}'
   )
+
+
+def resolve_eval_batch_size(submission, workload_name: str, workload) -> int:
+  """`get_eval_batch_size(workload_name)` if defined, else the workload's."""
+  eval_batch_fn = getattr(submission, 'get_eval_batch_size', None)
+  if eval_batch_fn is None:
+    return workload.eval_batch_size
+  call = f'get_eval_batch_size({workload_name!r})'
+  try:
+    value = eval_batch_fn(workload_name)
+  except Exception as e:  # the submission's bug, not the runner's
+    raise UsageError(
+      f'submission {_submission_name(submission)}: {call} raised '
+      f'{loading.describe_error(e)}; fix get_eval_batch_size'
+    ) from None
+  return _check_batch_size(submission, call, value)
 
 
 def _device_count() -> int:
@@ -72,16 +140,66 @@ def _fresh_seed(bits: int) -> int:
   return int.from_bytes(os.urandom(bits // 8), 'little')
 
 
+# Where `--overwrite` keeps what it moves aside, inside the study directory.
+# A dot-directory, so that the scorer never reads a backup as a workload.
+BACKUP_DIR = '.backup'
+
+
 def _move_aside(path: str) -> str:
-  """Renames `path` to a timestamped backup beside it; returns the new name."""
+  """Moves `path` to `<parent>/.backup/<name>-<timestamp>`; returns that."""
+  backup_root = os.path.join(os.path.dirname(path), BACKUP_DIR)
+  os.makedirs(backup_root, exist_ok=True)
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  backup = f'{path}.backup-{stamp}'
+  base = os.path.join(backup_root, f'{os.path.basename(path)}-{stamp}')
+  backup = base
   suffix = 1
   while os.path.exists(backup):
     suffix += 1
-    backup = f'{path}.backup-{stamp}-{suffix}'
+    backup = f'{base}-{suffix}'
   os.replace(path, backup)
   return backup
+
+
+def _check_int(
+  name: str, value: Any, minimum: int, allow_none: bool = False
+) -> None:
+  if value is None and allow_none:
+    return
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Integral)
+    or value < minimum
+  ):
+    raise UsageError(f'--{name} must be an integer >= {minimum}, got {value!r}')
+
+
+def _check_directory_path(
+  experiment_dir: str, experiment_name: str, workload_dir: str
+) -> None:
+  """Fails if a part of the workload directory's path is not a directory."""
+  root = os.path.abspath(experiment_dir)
+  ancestor = root
+  while True:
+    if os.path.exists(ancestor) and not os.path.isdir(ancestor):
+      where = '' if ancestor == root else f' ({ancestor} is a file)'
+      raise UsageError(
+        f'--experiment_dir {experiment_dir} is not a directory{where}; '
+        'choose a directory'
+      )
+    parent = os.path.dirname(ancestor)
+    if parent == ancestor:
+      break
+    ancestor = parent
+  experiment_path = os.path.join(root, experiment_name)
+  if os.path.exists(experiment_path) and not os.path.isdir(experiment_path):
+    raise UsageError(
+      f'--experiment_name {experiment_name}: {experiment_path} is a file; '
+      'choose another name'
+    )
+  if os.path.exists(workload_dir) and not os.path.isdir(workload_dir):
+    raise UsageError(
+      f'{workload_dir} is a file, not a workload directory; move it away'
+    )
 
 
 def _check_trial_slice(
@@ -143,9 +261,11 @@ def run(
     max_global_steps: stop each trial after this many steps.
     rng_seed: seed for every trial; None draws a fresh one per trial.
     overwrite: move an existing `<workload>_<framework>` directory aside to
-      `<dir>.backup-<timestamp>` (nothing is deleted) and start over.
+      `<experiment_dir>/<experiment_name>/.backup/<workload>_<framework>-
+      <timestamp>` (nothing is deleted) and start over.
     resume_last_run: continue the trials in an existing directory from their
-      latest checkpoints.
+      latest readable checkpoints; a finished trial is skipped (and left out
+      of the results), and a trial of another submission is an error.
     data_dir: the workload's data directory (digits needs none).
     benchmark: 'v0.5' or 'v0.6'; its catalog gives the timing rules (budget
       factor for self-tuning, budget checked every step or at evals).
@@ -177,6 +297,8 @@ def run(
     flag_values = {
       key: value for key, value in locals().items() if key != 'flag_values'
     }
+  # Every input is checked before anything is created or moved, so that a
+  # fixed rerun finds no half-made directory in its way.
   if framework not in FRAMEWORKS:
     raise UsageError(
       f'unknown framework {framework!r}; choose one of {", ".join(FRAMEWORKS)}'
@@ -191,10 +313,11 @@ def run(
     )
   if overwrite and resume_last_run:
     raise UsageError('choose one of --overwrite and --resume_last_run')
+  _check_int('num_tuning_trials', num_tuning_trials, 1)
+  _check_int('max_global_steps', max_global_steps, 1, allow_none=True)
+  _check_int('torch_num_threads', torch_num_threads, 0, allow_none=True)
   self_tuning = tuning_ruleset == 'self'
   _check_trial_slice(hparam_start_index, hparam_end_index, self_tuning)
-  if torch_num_threads is not None:
-    torch.set_num_threads(torch_num_threads)
   rules_catalog = catalog.load_catalog(benchmark)
 
   workload_obj = loading.make_workload(workload)
@@ -220,9 +343,8 @@ def run(
     )
 
   global_batch_size = resolve_batch_size(submission, workload, workload_obj)
-  eval_batch_fn = getattr(submission, 'get_eval_batch_size', None)
-  global_eval_batch_size = (
-    eval_batch_fn(workload) if eval_batch_fn else workload_obj.eval_batch_size
+  global_eval_batch_size = resolve_eval_batch_size(
+    submission, workload, workload_obj
   )
   _check_divisible('global batch size', global_batch_size)
   _check_divisible('eval batch size', global_eval_batch_size)
@@ -243,19 +365,40 @@ def run(
     experiment_name,
     f'{workload}_{framework}',
   )
-  if os.path.exists(workload_dir):
-    if overwrite:
-      backup = _move_aside(workload_dir)
-      logging.info('Moved the existing %s aside to %s.', workload_dir, backup)
-    elif not resume_last_run:
-      raise UsageError(
-        f'{workload_dir} already exists; pass --resume_last_run to continue '
-        'it or --overwrite to move it aside to a timestamped backup'
+  _check_directory_path(
+    os.path.expanduser(experiment_dir), experiment_name, workload_dir
+  )
+  resume_points = {}
+  if os.path.exists(workload_dir) and resume_last_run:
+    resume_points = {
+      index: _resume_point(
+        os.path.join(workload_dir, f'trial_{index + 1}'),
+        submission,
+        max_global_steps,
+        stop_at_targets,
       )
+      for index, _ in trials
+    }
+  elif os.path.exists(workload_dir) and not overwrite:
+    raise UsageError(
+      f'{workload_dir} already exists; pass --resume_last_run to continue '
+      f'it or --overwrite to move it aside to {BACKUP_DIR}/'
+    )
+  if torch_num_threads:
+    torch.set_num_threads(torch_num_threads)
+  if overwrite and os.path.exists(workload_dir):
+    backup = _move_aside(workload_dir)
+    logging.info('Moved the existing %s aside to %s.', workload_dir, backup)
 
   results = []
   for index, point in trials:
     trial_dir = os.path.join(workload_dir, f'trial_{index + 1}')
+    resume_from = resume_points.get(index)
+    if resume_from is _FINISHED:
+      logging.info(
+        'trial_%d already finished; nothing to do (%s).', index + 1, trial_dir
+      )
+      continue
     os.makedirs(trial_dir, exist_ok=True)
     hyperparameters = point
     if point is not None:
@@ -294,6 +437,75 @@ def run(
         max_global_steps=max_global_steps,
         save_checkpoints=save_checkpoints,
         save_intermediate_checkpoints=save_intermediate_checkpoints,
+        resume_from=resume_from,
       )
     )
   return results
+
+
+# `_resume_point` of a trial that has nothing left to train.
+_FINISHED = 'finished'
+
+
+def _resume_point(
+  trial_dir: str,
+  submission,
+  max_global_steps: Optional[int],
+  stop_at_targets: bool,
+) -> Any:
+  """How to resume one trial: `_FINISHED`, None (afresh) or (path, payload).
+
+  Reads the trial's newest readable checkpoint (a corrupt newer one is
+  skipped with a warning) and checks that this submission wrote it.
+
+  Raises:
+    UsageError: the trial path is a file, every checkpoint is corrupt, or
+      another submission trained the trial.
+  """
+  if not os.path.exists(trial_dir):
+    return None
+  if not os.path.isdir(trial_dir):
+    raise UsageError(f'{trial_dir} is a file, not a trial directory')
+  try:
+    found = checkpoint.latest_readable_checkpoint(trial_dir)
+  except checkpoint.CheckpointError as e:
+    raise UsageError(str(e)) from None
+  _check_same_submission(
+    trial_dir, None if found is None else found[1], submission
+  )
+  payload = None if found is None else found[1]
+  if training.trial_finished(
+    trial_dir, payload, max_global_steps, stop_at_targets
+  ):
+    return _FINISHED
+  return found
+
+
+def _check_same_submission(
+  trial_dir: str, payload: Optional[Dict[str, Any]], submission
+) -> None:
+  """UsageError if the trial was trained by another submission file.
+
+  The checkpoint names its submission; older checkpoints (and trials
+  without one) are compared through flags_0.json's submission_path.
+  """
+  current = training.submission_identity(submission)
+  recorded = None
+  if payload is not None:
+    recorded = payload.get('extra', {}).get(training.SUBMISSION_KEY)
+  if recorded is None:
+    flags_path = os.path.join(trial_dir, 'flags_0.json')
+    try:
+      flags_path_value = logs.read_json(flags_path).get('submission_path')
+    except (OSError, ValueError, AttributeError):
+      flags_path_value = None
+    if flags_path_value:
+      recorded = loading.submission_identity(flags_path_value)
+  if recorded is None or current is None or recorded == current:
+    return
+  recorded, current = _display_path(recorded), _display_path(current)
+  raise UsageError(
+    f'{trial_dir} was trained by submission {recorded}, not {current}; '
+    f'resume with --submission_path={recorded} or choose another '
+    '--experiment_name'
+  )

@@ -58,26 +58,82 @@ def _module_name_for(path: str) -> Optional[str]:
   return None
 
 
-def load_submission(submission_path: str):
-  """Imports a submission module from its file path.
+# The functions the runner calls on every submission (ALGOPERF.md 1.2).
+REQUIRED_FUNCTIONS = (
+  'get_batch_size',
+  'init_optimizer_state',
+  'update_params',
+  'data_selection',
+)
 
-  A relative path is turned into a module name the official way (drop
-  `.py`, `/` becomes `.`), so it must be importable from the working
-  directory or the repository root. An absolute path is imported by module
-  name when it lies under a `sys.path` entry, else straight from the file.
-  """
+
+def resolve_submission_path(submission_path: str) -> str:
+  """The path `load_submission` reads: as given, else under the repo root."""
   if (
     submission_path
     and not os.path.isabs(submission_path)
     and not os.path.isfile(submission_path)
     and os.path.isfile(os.path.join(REPO_ROOT, submission_path))
   ):
-    submission_path = os.path.join(REPO_ROOT, submission_path)
+    return os.path.join(REPO_ROOT, submission_path)
+  return submission_path
+
+
+def submission_identity(submission_path: str) -> str:
+  """A canonical name of a submission file, to tell two submissions apart."""
+  return os.path.realpath(resolve_submission_path(submission_path))
+
+
+def load_submission(submission_path: str):
+  """Imports a submission module and checks it has the required functions.
+
+  A relative path is turned into a module name the official way (drop
+  `.py`, `/` becomes `.`), so it must be importable from the working
+  directory or the repository root. An absolute path is imported by module
+  name when it lies under a `sys.path` entry, else straight from the file.
+
+  Raises:
+    UsageError: the file is missing, fails to import (syntax error, missing
+      import, exception at import time) or lacks a required function; the
+      message names the file and the cause.
+  """
+  submission_path = resolve_submission_path(submission_path)
   if not submission_path or not os.path.isfile(submission_path):
     raise UsageError(
       f'submission path {submission_path!r} is not a file; known '
       f'submissions: {", ".join(known_submissions()) or "none"}'
     )
+  try:
+    module = _import_submission(submission_path)
+  except Exception as e:  # any import failure is the submission's
+    raise UsageError(
+      f'submission {submission_path!r} failed to import: {describe_error(e)}; '
+      'fix the submission and rerun'
+    ) from None
+  missing = [name for name in REQUIRED_FUNCTIONS if not _callable(module, name)]
+  if missing:
+    raise UsageError(
+      f'submission {submission_path!r} does not define '
+      f'{", ".join(missing)}; a submission needs '
+      f'{", ".join(REQUIRED_FUNCTIONS)}'
+    )
+  return module
+
+
+def _callable(module, name: str) -> bool:
+  return callable(getattr(module, name, None))
+
+
+def describe_error(error: BaseException) -> str:
+  """`Type: message`, with file and line for a syntax error."""
+  if isinstance(error, SyntaxError):
+    where = f'{error.filename}:{error.lineno}' if error.lineno else ''
+    return f'SyntaxError: {error.msg} ({where})' if where else 'SyntaxError'
+  text = str(error).splitlines()[0] if str(error) else ''
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _import_submission(submission_path: str):
   if os.path.isabs(submission_path):
     module_name = _module_name_for(submission_path)
   else:
@@ -94,7 +150,13 @@ def load_submission(submission_path: str):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    # As importlib does: a failed import leaves no module behind, so the
+    # fixed file is imported afresh.
+    del sys.modules[name]
+    raise
   return module
 
 
@@ -114,7 +176,17 @@ def load_search_space(path: str, num_tuning_trials: int) -> List[Any]:
       raw = json.load(f)
   except FileNotFoundError:
     raise UsageError(f'search space file {path!r} does not exist') from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except IsADirectoryError:
+    raise UsageError(
+      f'search space file {path!r} is a directory; pass the JSON file'
+    ) from None
+  except UnicodeDecodeError as e:
+    raise UsageError(
+      f'search space file {path!r} is not UTF-8 text (byte '
+      f'{e.object[e.start : e.start + 1]!r} at offset {e.start}); save it as '
+      'UTF-8 JSON'
+    ) from None
+  except json.JSONDecodeError as e:
     raise UsageError(f'search space file {path!r}: not JSON ({e})') from None
   except OSError as e:
     raise UsageError(f'search space file {path!r}: {e.strerror}') from None

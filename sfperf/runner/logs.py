@@ -9,6 +9,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,53 @@ def append_csv_row(path: str, row: Dict[str, Any]) -> None:
   writer.writeheader()
   writer.writerows(rows)
   write_atomic(path, text.getvalue())
+
+
+def final_score_step(trial_dir: str) -> Optional[int]:
+  """The step of the final score row ending measurements.csv, else None.
+
+  The runner appends that row (only `score` and the step columns filled)
+  when a trial ends, so a trial whose CSV ends with it has finished.
+  """
+  path = os.path.join(trial_dir, MEASUREMENTS_CSV)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding='utf-8', errors='replace', newline='') as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    return None
+  filled = {key for key, value in rows[-1].items() if value}
+  if 'score' not in filled or not filled <= _FINAL_ROW_COLUMNS:
+    return None
+  try:
+    return int(rows[-1].get('global_step') or 0)
+  except ValueError:
+    return 0
+
+
+def ends_with_final_score(trial_dir: str) -> bool:
+  """Whether the trial's measurements.csv ends with the final score row."""
+  return final_score_step(trial_dir) is not None
+
+
+def latest_flags(trial_dir: str) -> Dict[str, Any]:
+  """The newest flags_<k>.json of a trial, or {} if none reads."""
+  numbered = []
+  for name in os.listdir(trial_dir) if os.path.isdir(trial_dir) else []:
+    match = re.fullmatch(r'flags_(\d+)\.json', name)
+    if match:
+      numbered.append((int(match.group(1)), name))
+  for _, name in sorted(numbered, reverse=True):
+    try:
+      flags = read_json(os.path.join(trial_dir, name))
+    except (OSError, ValueError):
+      continue
+    if isinstance(flags, dict):
+      return flags
+  return {}
+
+
+_FINAL_ROW_COLUMNS = {'score', 'global_step', 'preemption_count'}
 
 
 class MetricsLogger:

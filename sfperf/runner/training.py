@@ -54,6 +54,69 @@ class TrialResult:
     return self.validation_goal_reached
 
 
+# `train_once(resume_from=LATEST)`: look for the trial's newest checkpoint.
+LATEST = 'latest'
+# The checkpoint's `extra` field naming the submission file that wrote it.
+SUBMISSION_KEY = 'submission_file'
+
+
+def submission_identity(submission) -> Optional[str]:
+  """The real path of a submission module's file, or None if it has none."""
+  path = getattr(submission, '__file__', None)
+  return os.path.realpath(path) if path else None
+
+
+def step_limit_lifted(
+  payload: Dict[str, Any], max_global_steps: Optional[int]
+) -> bool:
+  """Whether a trial stopped by --max_global_steps may train on now.
+
+  Reaching max_global_steps is not a property of the trial: a resumed run
+  with a larger (or no) step limit continues training. The official runner
+  keeps `training_complete` and stops at once.
+  """
+  return bool(payload.get('extra', {}).get('stopped_by_max_global_steps')) and (
+    max_global_steps is None or payload['global_step'] < max_global_steps
+  )
+
+
+def trial_finished(
+  trial_dir: str,
+  payload: Optional[Dict[str, Any]],
+  max_global_steps: Optional[int],
+  stop_at_targets: bool,
+) -> bool:
+  """Whether resuming the trial would train no further step.
+
+  True when its measurements.csv ends with the final score row, or its
+  latest readable checkpoint (`payload`) says the budget is spent, training
+  is complete or (with `stop_at_targets`) both targets are reached; False
+  when the trial only stopped at a step limit that this run lifts.
+  """
+  if payload is not None and step_limit_lifted(payload, max_global_steps):
+    return False
+  final_step = logs.final_score_step(trial_dir)
+  if final_step is not None:
+    # The checkpoint read may predate the end (a corrupt newest one was
+    # skipped); the last run's flags tell whether its step limit ended it.
+    step_limit = logs.latest_flags(trial_dir).get('max_global_steps')
+    return not (
+      step_limit == final_step
+      and (max_global_steps is None or final_step < max_global_steps)
+    )
+  if payload is None:
+    return False
+  state = payload['train_state']
+  goals = state.get('validation_goal_reached') and state.get(
+    'test_goal_reached'
+  )
+  return bool(
+    not state.get('is_time_remaining', True)
+    or state.get('training_complete')
+    or (stop_at_targets and goals)
+  )
+
+
 def get_time() -> float:
   """Wall time, after waiting for queued GPU work (official behaviour)."""
   if torch.cuda.is_available():
@@ -91,8 +154,16 @@ def train_once(
   max_global_steps: Optional[int] = None,
   save_checkpoints: bool = True,
   save_intermediate_checkpoints: bool = True,
+  resume_from: Any = LATEST,
 ) -> TrialResult:
-  """Trains one trial into `trial_dir`, resuming from its last checkpoint."""
+  """Trains one trial into `trial_dir`, resuming from a checkpoint.
+
+  `resume_from` is `LATEST` (the newest readable checkpoint in `trial_dir`,
+  if any), None (start afresh) or a `(path, payload)` pair that
+  `checkpoint.latest_readable_checkpoint` returned.
+  """
+  if resume_from is LATEST:
+    resume_from = checkpoint.latest_readable_checkpoint(trial_dir)
   os.makedirs(trial_dir, exist_ok=True)
   rng = prng.prng_key(rng_seed)
   data_rng, model_rng, opt_rng = prng.split(rng, 3)
@@ -117,10 +188,10 @@ def train_once(
   eval_results: List[Tuple[int, Dict[str, Any]]] = []
   global_step = 0
   preemption_count = 0
-  latest = checkpoint.latest_checkpoint(trial_dir)
-  if latest is not None:
+  if resume_from is not None:
+    latest, payload = resume_from
     restored = checkpoint.restore_checkpoint(
-      latest, optimizer_state, model_params
+      latest, optimizer_state, model_params, payload
     )
     optimizer_state = restored['optimizer_state']
     model_state = restored['model_state']
@@ -129,12 +200,7 @@ def train_once(
     global_step = restored['global_step']
     preemption_count = restored['preemption_count'] + 1
     rng = restored['rng']
-    # Reaching max_global_steps is not a property of the trial: a resumed run
-    # with a larger (or no) step limit continues training. The official
-    # runner keeps `training_complete` and stops at once.
-    if restored['extra'].get('stopped_by_max_global_steps') and (
-      max_global_steps is None or global_step < max_global_steps
-    ):
+    if step_limit_lifted(restored, max_global_steps):
       train_state['training_complete'] = False
     logging.info(
       'Resumed %s at step %d (preemption %d).',
@@ -153,6 +219,7 @@ def train_once(
   metrics_logger = logs.MetricsLogger(trial_dir)
   workload.attach_metrics_logger(metrics_logger)
   stopped_by_step_limit = False
+  submission_file = submission_identity(submission)
 
   def save(step: int) -> None:
     if save_checkpoints:
@@ -166,7 +233,10 @@ def train_once(
         global_step=step,
         preemption_count=preemption_count,
         rng=rng,
-        extra={'stopped_by_max_global_steps': stopped_by_step_limit},
+        extra={
+          'stopped_by_max_global_steps': stopped_by_step_limit,
+          SUBMISSION_KEY: submission_file,
+        },
         keep_intermediate=save_intermediate_checkpoints,
       )
 
@@ -280,8 +350,12 @@ def train_once(
     preemption_count=preemption_count,
   )
   save(global_step)
+  # The runner stops on a strict `>` (`has_reached_validation_target`, as
+  # AlgoPerf's workloads do); the official scorer counts `>=` when it reads
+  # the logs, so a value exactly at the target scores but does not stop.
   logging.info(
-    'Trial %d ended at step %d, score %.2fs, validation target %s.',
+    'Trial %d ended at step %d, score %.2fs, validation target (strict >, '
+    'runner stop rule) %s.',
     trial_index,
     global_step,
     train_state['accumulated_submission_time'],

@@ -143,11 +143,19 @@ def test_overwrite_keeps_a_backup(tmp_path):
   _run_self(
     tmp_path, max_global_steps=2, overwrite=True, save_checkpoints=False
   )
-  entries = sorted(os.listdir(tmp_path / 'exp'))
-  assert entries[0] == 'digits_pytorch'
-  assert entries[1].startswith('digits_pytorch.backup-')
-  _, old = _rows(tmp_path / 'exp' / entries[1] / 'trial_1' / 'measurements.csv')
+  # The backup lies in the study's .backup/ dot-directory, which the scorer
+  # skips, never beside the workload directory as a second workload.
+  assert sorted(os.listdir(tmp_path / 'exp')) == ['.backup', 'digits_pytorch']
+  (backup,) = os.listdir(tmp_path / 'exp' / '.backup')
+  assert backup.startswith('digits_pytorch-')
+  backup_trial = tmp_path / 'exp' / '.backup' / backup / 'trial_1'
+  _, old = _rows(backup_trial / 'measurements.csv')
   assert old[-1]['global_step'] == '1'
+
+  _run_self(
+    tmp_path, max_global_steps=1, overwrite=True, save_checkpoints=False
+  )
+  assert len(os.listdir(tmp_path / 'exp' / '.backup')) == 2  # unique names
 
 
 def test_resume_continues_steps_and_counts_preemptions(tmp_path):

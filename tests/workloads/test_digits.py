@@ -148,3 +148,21 @@ def test_eval_model_reports_all_splits(workload):
   )
   assert padded['accuracy'] == pytest.approx(result['validation/accuracy'])
   assert padded['loss'] == pytest.approx(result['validation/loss'], rel=1e-5)
+
+
+@pytest.mark.parametrize('batch_size', [2048, 598, 0, -64, '32', 32.0, True])
+def test_input_queue_refuses_a_batch_size_it_cannot_fill(workload, batch_size):
+  # 2048 > 597 training examples used to loop for ever over an empty epoch;
+  # the check runs when the queue is built, before the first batch.
+  with pytest.raises(ValueError, match='global_batch_size'):
+    workload._build_input_queue(np.array([0, 0]), 'train', None, batch_size)
+
+
+def test_input_queue_batch_of_the_whole_split(workload):
+  queue = workload._build_input_queue(
+    np.array([0, 0]), 'train', None, workload.num_train_examples
+  )
+  first, second = next(queue), next(queue)
+  assert len(first['targets']) == len(second['targets']) == 597
+  assert not torch.equal(first['targets'], second['targets'])  # reshuffled
+  assert torch.equal(first['targets'].sort()[0], second['targets'].sort()[0])
