@@ -9,6 +9,8 @@ commands:
   score   score a log directory: time-to-target table, profile, scores.csv
   compare score a variant inside a reference field (e.g. the leaderboard)
   demo    run both self-tuning submissions on the digits proxy and score them
+  check   check a submission against the v0.5 and v0.6 APIs (no training)
+  pack    write a submission as a leaderboard pull-request folder
 
 `sfperf COMMAND --help` describes each command.
 """
@@ -36,6 +38,14 @@ def main(argv=None) -> int:
     from sfperf import demo
 
     return demo.main(rest)
+  if command == 'check':
+    from sfperf.submission_tools import cli as submission_cli
+
+    return submission_cli.check_main(rest)
+  if command == 'pack':
+    from sfperf.submission_tools import cli as submission_cli
+
+    return submission_cli.pack_main(rest)
   print(
     f'sfperf: unknown command {command!r}\n{_USAGE}', end='', file=sys.stderr
   )

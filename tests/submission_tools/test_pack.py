@@ -1,0 +1,292 @@
+"""Tests of `sfperf pack`: a packed submission runs without sfperf."""
+
+import ast
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+
+from sfperf import cli
+from sfperf.api import standin
+from sfperf.submission_tools import check
+from sfperf.submission_tools.common import locate
+from sfperf.submission_tools.pack import PackError, pack_submission
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+SELF_TUNING = os.path.join(REPO, 'submissions/self_tuning/schedule_free_adamw')
+EXTERNAL = os.path.join(REPO, 'submissions/external_tuning/schedule_free_adamw')
+
+# Runs in a fresh interpreter (-I -S: no site, no .pth files, so not even
+# the editable install makes sfperf importable); its sys.path is set below.
+_RUN_PACKED = """
+import importlib
+import importlib.util
+import sys
+
+sys.path[:0] = {paths!r}
+assert importlib.util.find_spec('sfperf') is None, 'sfperf is importable'
+assert importlib.util.find_spec('submissions') is None
+
+import numpy as np
+import torch
+
+from algoperf import spec
+
+submission = importlib.import_module('{name}.submission')
+
+
+class TinyWorkload:
+  step_hint = 100
+  target_metric_name = 'accuracy'
+
+  def model_fn(
+    self,
+    params,
+    augmented_and_preprocessed_input_batch,
+    model_state,
+    mode,
+    rng,
+    update_batch_norm,
+  ):
+    assert mode is spec.ForwardPassMode.TRAIN
+    return params(augmented_and_preprocessed_input_batch['inputs']), None
+
+  def loss_fn(self, label_batch, logits_batch, mask_batch, label_smoothing):
+    per_example = torch.nn.functional.cross_entropy(
+      logits_batch,
+      label_batch,
+      reduction='none',
+      label_smoothing=label_smoothing,
+    )
+    return {{
+      'summed': per_example.sum(),
+      'n_valid_examples': torch.tensor(len(per_example)),
+      'per_example': per_example,
+    }}
+
+
+torch.manual_seed(0)
+workload = TinyWorkload()
+model = torch.nn.Linear(4, 3)
+before = [p.detach().clone() for p in model.parameters()]
+batch_size = submission.get_batch_size('ogbg')
+assert isinstance(batch_size, int) and batch_size > 0
+try:
+  submission.get_batch_size('not_a_workload')
+  raise AssertionError('no ValueError for an unknown workload')
+except ValueError:
+  pass
+
+rng = np.zeros(2, dtype=np.int64)
+state = submission.init_optimizer_state(workload, model, None, None, rng)
+model_state = None
+for step in range(3):
+  batch = {{'inputs': torch.randn(8, 4), 'targets': torch.randint(0, 3, (8,))}}
+  state, model, model_state = submission.update_params(
+    workload=workload,
+    current_param_container=model,
+    current_params_types=None,
+    model_state=model_state,
+    hyperparameters=None,
+    batch=batch,
+    loss_type=spec.LossType.SOFTMAX_CROSS_ENTROPY,
+    optimizer_state=state,
+    eval_results=[],
+    global_step=step,
+    rng=rng,
+  )
+change = max(
+  (param.detach() - old).abs().max().item()
+  for param, old in zip(model.parameters(), before)
+)
+assert change > 0, 'parameters did not change'
+assert not any(name.split('.')[0] == 'sfperf' for name in sys.modules)
+print('PACKED-OK', batch_size, change)
+"""
+
+
+def _fake_algoperf(tmp_path):
+  """A stand-in `algoperf` package whose spec is the stand-in's source."""
+  package = tmp_path / 'fake' / 'algoperf'
+  package.mkdir(parents=True)
+  (package / '__init__.py').write_text('')
+  with open(standin.__file__, encoding='utf-8') as handle:
+    (package / 'spec.py').write_text(handle.read())
+  return package.parent
+
+
+def _imports(path):
+  with open(path, encoding='utf-8') as handle:
+    tree = ast.parse(handle.read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      names.add(node.module)
+  return names
+
+
+def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
+  outdir = tmp_path / 'out'
+
+  code = cli.main(['sfperf', 'pack', SELF_TUNING, str(outdir)])
+
+  assert code == 0, capsys.readouterr()
+  folder = outdir / 'submissions' / 'self_tuning' / 'schedule_free_adamw'
+  files = sorted(os.listdir(folder))
+  assert files == [
+    '__init__.py',
+    'divergence_reset.py',
+    'requirements.txt',
+    'schedule_free_v1.py',
+    'submission.py',
+    'submission_info.yml',
+  ]
+  for file_name in files:
+    if file_name.endswith('.py'):
+      assert not any(
+        name.split('.')[0] == 'sfperf' for name in _imports(folder / file_name)
+      ), file_name
+  assert 'algoperf' in _imports(folder / 'submission.py')
+
+  paths = [
+    str(_fake_algoperf(tmp_path)),
+    str(folder.parent),
+    sysconfig.get_paths()['purelib'],
+  ]
+  script = _RUN_PACKED.format(paths=paths, name='schedule_free_adamw')
+  completed = subprocess.run(
+    [sys.executable, '-I', '-S', '-c', script],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=tmp_path,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert 'PACKED-OK 512' in completed.stdout
+
+  code = cli.main(['sfperf', 'check', str(folder)])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert 'compatible with v0.6: yes' in out
+
+
+def test_submission_info_and_requirements(tmp_path):
+  result = pack_submission(
+    locate(SELF_TUNING),
+    str(tmp_path / 'out'),
+    info={'authors': 'Ada, Grace', 'submission_name': 'SF AdamW (sfperf)'},
+  )
+
+  folder = tmp_path / 'out' / 'submissions' / 'self_tuning'
+  info = (folder / 'schedule_free_adamw' / 'submission_info.yml').read_text()
+  fields = {
+    line.split(':', 1)[0]: line.split(':', 1)[1].split('  #')[0].strip()
+    for line in info.splitlines()
+  }
+  assert fields['authors'] == '"Ada, Grace"'
+  assert fields['submission_name'] == '"SF AdamW (sfperf)"'
+  assert fields['ruleset'] == '"self-tuning"'
+  assert fields['framework'] == '"PyTorch"'
+  assert fields['submission_folder'] == (
+    '"submissions/self_tuning/schedule_free_adamw"'
+  )
+  assert 'affiliations: ""  # TODO' in info
+  assert any('affiliations' in todo for todo in result.todos)
+  assert not any('authors' in todo for todo in result.todos)
+  requirements = folder / 'schedule_free_adamw' / 'requirements.txt'
+  lines = requirements.read_text().splitlines()
+  assert [line for line in lines if not line.startswith('#')] == []
+  assert any('torch' in line and line.startswith('#') for line in lines)
+  assert (tmp_path / 'out' / 'PULL_REQUEST_BODY.md').is_file()
+
+
+def test_external_v05_pack(tmp_path):
+  result = pack_submission(locate(EXTERNAL), str(tmp_path / 'out'), api='v0.5')
+
+  folder = tmp_path / 'out' / 'submissions' / 'external_tuning'
+  folder = folder / 'schedule_free_adamw'
+  with open(
+    os.path.join(REPO, 'tuning_search_spaces/schedule_free_adamw_external.json')
+  ) as handle:
+    expected = json.load(handle)
+  assert json.loads((folder / 'tuning_search_space.json').read_text()) == (
+    expected
+  )
+  source = (folder / 'submission.py').read_text()
+  assert 'from algorithmic_efficiency import spec' in source
+  assert 'from .schedule_free_v1 import ScheduleFreeAdamWV1' in source
+  assert result.vendored == ('sfperf.optim.schedule_free_v1',)
+  assert 'ruleset: "external"' in (folder / 'submission_info.yml').read_text()
+
+  report = check.check_submission(locate(str(folder)))
+  assert report.target == 'v0.5'
+  assert report.ok, report.lines()
+
+
+def test_existing_outdir_is_moved_aside_only_with_overwrite(tmp_path):
+  outdir = tmp_path / 'out'
+  outdir.mkdir()
+  (outdir / 'keep.txt').write_text('mine')
+
+  with pytest.raises(PackError, match='--overwrite'):
+    pack_submission(locate(SELF_TUNING), str(outdir))
+  assert os.listdir(outdir) == ['keep.txt']
+
+  result = pack_submission(locate(SELF_TUNING), str(outdir), overwrite=True)
+
+  assert (outdir / 'submissions').is_dir()
+  assert (outdir / 'keep.txt').exists() is False
+  with open(os.path.join(result.moved_aside, 'keep.txt')) as handle:
+    assert handle.read() == 'mine'
+
+
+def _tmp_submission(tmp_path, source):
+  folder = tmp_path / 'src' / 'self_tuning' / 'variant'
+  folder.mkdir(parents=True)
+  (folder / 'submission.py').write_text(textwrap.dedent(source))
+  return locate(str(folder))
+
+
+@pytest.mark.parametrize(
+  'source, message',
+  [
+    ('from sfperf.api import API_SOURCE\n', 'only `from sfperf.api import'),
+    ('import sfperf.divergence_reset\n', 'cannot be vendored'),
+    ('from sfperf.catalog import load_catalog\n', 'uses __file__'),
+    ('from sfperf.api import standin\n', 'has an upstream equivalent'),
+  ],
+)
+def test_non_vendorable_imports_fail_clearly(tmp_path, source, message):
+  located = _tmp_submission(tmp_path, source)
+
+  with pytest.raises(PackError, match=message):
+    pack_submission(located, str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_third_party_imports_are_pinned(tmp_path):
+  located = _tmp_submission(
+    tmp_path,
+    """
+    import schedulefree
+    import torch
+
+    from sfperf.optim import schedule_free_v1 as sf
+    """,
+  )
+
+  result = pack_submission(located, str(tmp_path / 'out'))
+
+  version = importlib.metadata.version('schedulefree')
+  assert result.requirements == (f'schedulefree=={version}',)
+  folder = tmp_path / 'out' / 'submissions' / 'self_tuning' / 'variant'
+  assert 'from . import schedule_free_v1 as sf' in (
+    (folder / 'submission.py').read_text()
+  )
