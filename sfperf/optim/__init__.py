@@ -8,6 +8,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+  'ScheduleFreeAdamW': 'sfperf.optim.schedule_free',
+  'step_scalars': 'sfperf.optim.schedule_free',
   'ScheduleFreeAdamWV1': 'sfperf.optim.schedule_free_v1',
   'StepCoefficients': 'sfperf.optim.schedule_free_v1',
   'step_coefficients': 'sfperf.optim.schedule_free_v1',

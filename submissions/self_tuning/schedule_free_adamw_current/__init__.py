@@ -1,0 +1,1 @@
+"""Schedule-Free AdamW, current form, self-tuning (PyTorch, AlgoPerf v0.6+)."""
