@@ -3,9 +3,10 @@
 A checkpoint is one `torch.save` file `checkpoint_<global_step>` in the trial
 directory, holding the same fields as the official runner's PyTorch
 checkpoints plus the run's root rng key and torch's RNG state, so that a
-resumed trial draws the same per-step keys it would have drawn. The position
-of the training input queue is not saved (nor is it officially): a resumed
-trial starts a freshly seeded pass over the training data.
+resumed trial draws the same per-step keys it would have drawn. Its `extra`
+field also holds the number of training batches drawn (which the official
+runner does not save): the runner skips that many on resume, so that the
+trial continues the data where it stopped.
 """
 
 import glob

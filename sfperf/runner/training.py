@@ -5,10 +5,18 @@ checkpoint restore, meta data) is untimed. Each step's data selection,
 update and loop overhead are timed into `accumulated_submission_time`; evals,
 logging and checkpoints are not. Where v0.5 and v0.6 differ, the benchmark
 rules (`budget_checked_every_step`) decide, never a version string.
+
+Unlike the official runner, a resumed trial continues the training data
+where it stopped: the checkpoint records how many batches were drawn, and
+setup rebuilds the input queue from the trial's data rng and skips that
+many (untimed), so a resumed run takes the same steps, bit for bit, as an
+uninterrupted one, as long as evals do not change training.
 """
 
+import collections
 import dataclasses
 import inspect
+import itertools
 import os
 import time
 import types
@@ -117,6 +125,37 @@ def trial_finished(
   )
 
 
+class CountingQueue:
+  """The training input queue, counting the batches drawn from it.
+
+  Submissions see an iterator, as from the workload; `drawn` is what a
+  checkpoint records, so that a resumed trial can skip as many.
+  """
+
+  def __init__(self, batches, drawn: int = 0) -> None:
+    self._batches = batches
+    self.drawn = drawn
+
+  def __iter__(self) -> 'CountingQueue':
+    return self
+
+  def __next__(self) -> Any:
+    batch = next(self._batches)
+    self.drawn += 1
+    return batch
+
+
+# The checkpoint's `extra` fields for exact resumes: the number of training
+# batches drawn, and the seed that the trial's rng came from.
+BATCHES_DRAWN_KEY = 'batches_drawn'
+RNG_SEED_KEY = 'rng_seed'
+
+
+def _skip_batches(batches, count: int) -> None:
+  """Draws and drops `count` batches (fewer if the queue ends first)."""
+  collections.deque(itertools.islice(batches, count), maxlen=0)
+
+
 def get_time() -> float:
   """Wall time, after waiting for queued GPU work (official behaviour)."""
   if torch.cuda.is_available():
@@ -166,9 +205,16 @@ def train_once(
     resume_from = checkpoint.latest_readable_checkpoint(trial_dir)
   os.makedirs(trial_dir, exist_ok=True)
   rng = prng.prng_key(rng_seed)
+  if resume_from is not None:
+    # The trial's own keys, even when this run drew a fresh seed: the data
+    # order and the model init must be those of the interrupted run.
+    rng_seed = resume_from[1].get('extra', {}).get(RNG_SEED_KEY, rng_seed)
+    rng = resume_from[1]['rng']
   data_rng, model_rng, opt_rng = prng.split(rng, 3)
-  input_queue = workload._build_input_queue(
-    data_rng, 'train', data_dir=data_dir, global_batch_size=global_batch_size
+  input_queue = CountingQueue(
+    workload._build_input_queue(
+      data_rng, 'train', data_dir=data_dir, global_batch_size=global_batch_size
+    )
   )
   model_params, model_state = workload.init_model_fn(model_rng)
   optimizer_state = submission.init_optimizer_state(
@@ -190,6 +236,13 @@ def train_once(
   preemption_count = 0
   if resume_from is not None:
     latest, payload = resume_from
+    # Checkpoints written before the count was kept fall back to one batch
+    # per step. Skipped before torch's RNG state is restored, so that a
+    # queue drawing from torch's generator leaves it as the checkpoint has.
+    batches_drawn = payload.get('extra', {}).get(
+      BATCHES_DRAWN_KEY, payload['global_step']
+    )
+    _skip_batches(input_queue, batches_drawn)
     restored = checkpoint.restore_checkpoint(
       latest, optimizer_state, model_params, payload
     )
@@ -199,14 +252,15 @@ def train_once(
     eval_results = restored['eval_results']
     global_step = restored['global_step']
     preemption_count = restored['preemption_count'] + 1
-    rng = restored['rng']
     if step_limit_lifted(restored, max_global_steps):
       train_state['training_complete'] = False
     logging.info(
-      'Resumed %s at step %d (preemption %d).',
+      'Resumed %s at step %d (preemption %d, seed %d, %d batches skipped).',
       latest,
       global_step,
       preemption_count,
+      rng_seed,
+      batches_drawn,
     )
 
   logs.write_json(
@@ -236,6 +290,8 @@ def train_once(
         extra={
           'stopped_by_max_global_steps': stopped_by_step_limit,
           SUBMISSION_KEY: submission_file,
+          BATCHES_DRAWN_KEY: input_queue.drawn,
+          RNG_SEED_KEY: rng_seed,
         },
         keep_intermediate=save_intermediate_checkpoints,
       )
