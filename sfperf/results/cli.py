@@ -150,7 +150,25 @@ def _catalog_for(args, logs: List[LogSet]) -> tuple:
     suite = 'proxy' if has_proxy and not has_algoperf else 'algoperf'
   if suite == 'proxy':
     return proxy, PROXY_LABEL
+  _warn_if_other_version(args.benchmark, names, logs)
   return algoperf, OFFICIAL_LABEL
+
+
+def _warn_if_other_version(benchmark: str, names: set, logs) -> None:
+  """v0.5 logs hold held-out variants; scored as v0.6 they lose them."""
+  for version in BENCHMARK_VERSIONS:
+    if version == benchmark:
+      continue
+    other = set(load_catalog(version).held_out_workloads)
+    mine = set(load_catalog(benchmark).held_out_workloads)
+    found = sorted((names & other) - mine)
+    if found:
+      logs[0].warnings.insert(
+        0,
+        f'the logs hold {version} held-out workloads ({", ".join(found)}); '
+        f'they are scored with the {benchmark} catalog, where they do not '
+        f'count: pass --benchmark {version} if these are {version} logs',
+      )
 
 
 def _check_out(out: str) -> None:

@@ -259,7 +259,7 @@ def _drawn_trials(scores: Scores, workload: str):
 
 
 def plot_workload_curves(
-  scores: Scores, workload: str, self_tuning: bool, path: str
+  scores: Scores, workload: str, self_tuning: bool, path: str, subtitle: str
 ) -> None:
   """Validation metric against submission time, one line per study.
 
@@ -278,9 +278,13 @@ def plot_workload_curves(
     t.trial.columns[TIME_COLUMN][np.isfinite(t.trial.columns[TIME_COLUMN])]
     for *_, t in drawn
   ]
-  longest = max(
-    [budget] + [times.max() for times in finite_times if times.size]
+  last_eval = max(
+    [times.max() for times in finite_times if times.size], default=budget
   )
+  # Show the budget when it is near the data; when every run stopped far
+  # earlier (targets reached), drawing it would squash the curves.
+  show_budget = budget <= 1.25 * last_eval
+  longest = max(budget, last_eval) if show_budget else last_eval
   scale, unit = (3600.0, 'hours') if longest > 7200 else (1.0, 's')
 
   plt = _pyplot()
@@ -307,20 +311,24 @@ def plot_workload_curves(
     lw=1,
     label=f'target {spec.validation_target_value:g}',
   )
-  axes.axvline(
-    budget / scale,
-    color='gray',
-    linestyle=':',
-    lw=1.2,
-    label=f'budget {budget:g} s',
-  )
+  if show_budget:
+    axes.axvline(
+      budget / scale,
+      color='gray',
+      linestyle=':',
+      lw=1.2,
+      label=f'budget {budget:g} s',
+    )
+  else:
+    axes.plot([], [], ' ', label=f'budget {budget:g} s (off the right edge)')
   low, high = _metric_view(scores, workload, spec)
   if low is not None:
     axes.set_ylim(low, high)
   axes.set_xlabel(f'submission time ({unit})')
   axes.set_ylabel(spec.validation_metric)
   axes.set_title(
-    f'{workload}: one line per study (dot: target reached)', fontsize=10
+    f'{workload}: one line per study (dot: target reached)\n{subtitle}',
+    fontsize=9,
   )
   axes.grid(alpha=0.3)
   axes.legend(fontsize=8, loc='best')
@@ -442,6 +450,7 @@ def write_outputs(
         workload,
         ruleset == 'self-tuning',
         os.path.join(out_dir, relative),
+        f'{path_label}; {scores.catalog.benchmark_version}, {ruleset}',
       )
       curve_files.append((workload, relative))
   atomic_write_text(
