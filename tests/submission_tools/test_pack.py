@@ -147,6 +147,8 @@ def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
     'schedule_free_v1.py',
     'submission.py',
     'submission_info.yml',
+    'submission_utils.py',
+    'torch_submission_utils.py',
   ]
   for file_name in files:
     if file_name.endswith('.py'):
@@ -222,7 +224,11 @@ def test_external_v05_pack(tmp_path):
   source = (folder / 'submission.py').read_text()
   assert 'from algorithmic_efficiency import spec' in source
   assert 'from .schedule_free_v1 import ScheduleFreeAdamWV1' in source
-  assert result.vendored == ('sfperf.optim.schedule_free_v1',)
+  assert result.vendored == (
+    'sfperf.optim.schedule_free_v1',
+    'sfperf.submission_utils',
+    'sfperf.torch_submission_utils',
+  )
   assert 'ruleset: "external"' in (folder / 'submission_info.yml').read_text()
 
   report = check.check_submission(locate(str(folder)))

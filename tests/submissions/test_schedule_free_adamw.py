@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sfperf import torch_submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamWV1
 from submissions.self_tuning.schedule_free_adamw import submission
@@ -446,7 +447,7 @@ def test_update_params_under_a_one_process_gloo_group(tmp_path):
     world_size=1,
   )
   try:
-    assert submission._distributed()
+    assert torch_submission_utils.distributed()
     _update(workload, model, optimizer_state, [], 0, 0)
   finally:
     torch.distributed.destroy_process_group()

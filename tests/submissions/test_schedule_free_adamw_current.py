@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from sfperf import torch_submission_utils
 from sfperf.api import spec
 from sfperf.runner import run, training
 from submissions.self_tuning.schedule_free_adamw_current import submission
@@ -136,7 +137,7 @@ def test_update_params_under_a_one_process_gloo_group(tmp_path):
     world_size=1,
   )
   try:
-    assert submission._distributed()
+    assert torch_submission_utils.distributed()
     _update(workload, model, state)
   finally:
     torch.distributed.destroy_process_group()

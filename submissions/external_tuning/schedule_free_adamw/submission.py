@@ -25,16 +25,13 @@ v0.5 runner did. A v0.5 workload's `model_fn` has no such argument; it is
 then left out, since the v0.5 runner applies the rate itself.
 """
 
-import functools
-import inspect
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
-import torch
-import torch.distributed.nn as dist_nn
-
+from sfperf import submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamWV1
+from sfperf.submission_utils import dropout_rate_of, model_fn_takes_dropout
+from sfperf.torch_submission_utils import closure_step
 
 # Averaging weights w_k = (k + 1)^r * lr_max^weight_lr_power; the published
 # class's defaults (see the module docstring).
@@ -45,8 +42,8 @@ EPS = 1e-8
 # Used when a search space point has no label_smoothing.
 DEFAULT_LABEL_SMOOTHING = 0.0
 
-# The self-tuning entry's table, repeated because a submission module must
-# stand alone when it goes upstream.
+# The self-tuning entry's table, written out so that this file shows it (a
+# test holds the two equal).
 _BATCH_SIZES = {
   'criteo1tb': 262_144,
   'fastmri': 16,
@@ -70,13 +67,7 @@ def get_batch_size(workload_name: str) -> int:
     ValueError: for a name not in the entry's table; the runner then retries
       with the base workload name.
   """
-  try:
-    return _BATCH_SIZES[workload_name]
-  except KeyError:
-    raise ValueError(
-      f'No batch size for workload {workload_name!r}; known: '
-      f'{", ".join(sorted(_BATCH_SIZES))}.'
-    ) from None
+  return submission_utils.batch_size_from(_BATCH_SIZES, workload_name)
 
 
 def warmup_steps_for(
@@ -89,22 +80,6 @@ def warmup_steps_for(
 def label_smoothing_of(hyperparameters: spec.Hyperparameters) -> float:
   """The trial's label smoothing, or DEFAULT_LABEL_SMOOTHING if it has none."""
   return getattr(hyperparameters, 'label_smoothing', DEFAULT_LABEL_SMOOTHING)
-
-
-def dropout_rate_of(hyperparameters: spec.Hyperparameters) -> Optional[float]:
-  """The trial's dropout rate; None (workload default) if it has none."""
-  return getattr(hyperparameters, 'dropout_rate', None)
-
-
-@functools.cache
-def model_fn_takes_dropout(workload_class: type) -> bool:
-  """Whether the workload's `model_fn` has a `dropout_rate` argument.
-
-  True under the v0.6 API; False under v0.5, whose runner sets dropout in
-  `init_model_fn` instead.
-  """
-  parameters = inspect.signature(workload_class.model_fn).parameters
-  return 'dropout_rate' in parameters
 
 
 def init_optimizer_state(
@@ -127,10 +102,6 @@ def init_optimizer_state(
     r=AVERAGING_POWER_R,
   )
   return {'optimizer': optimizer}
-
-
-def _distributed() -> bool:
-  return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def update_params(
@@ -163,52 +134,17 @@ def update_params(
     model_fn_options['dropout_rate'] = dropout_rate_of(hyperparameters)
 
   current_param_container.train()
-  new_model_state = None
-
-  def closure() -> torch.Tensor:
-    nonlocal new_model_state
-    optimizer.zero_grad()
-    logits_batch, new_model_state = workload.model_fn(
-      params=current_param_container,
-      augmented_and_preprocessed_input_batch=batch,
-      model_state=model_state,
-      mode=spec.ForwardPassMode.TRAIN,
-      rng=rng,
-      update_batch_norm=True,
-      **model_fn_options,
-    )
-    loss_dict = workload.loss_fn(
-      label_batch=batch['targets'],
-      logits_batch=logits_batch,
-      mask_batch=batch.get('weights'),
-      label_smoothing=label_smoothing,
-    )
-    summed_loss = loss_dict['summed']
-    n_valid_examples = loss_dict['n_valid_examples']
-    if _distributed():
-      # Differentiable all-reduce: the loss is the global sum over the global
-      # count, so gradients are scaled as for one large batch.
-      summed_loss = dist_nn.all_reduce(summed_loss)
-      n_valid_examples = dist_nn.all_reduce(n_valid_examples)
-    loss = summed_loss / n_valid_examples
-    loss.backward()
-    return loss
-
-  optimizer.step(closure)
+  new_model_state = closure_step(
+    optimizer,
+    workload,
+    current_param_container,
+    model_state,
+    batch,
+    rng,
+    label_smoothing,
+    **model_fn_options,
+  )
   return optimizer_state, current_param_container, new_model_state
 
 
-def data_selection(
-  workload: spec.Workload,
-  input_queue: Iterator[dict[str, spec.Tensor]],
-  optimizer_state: spec.OptimizerState,
-  current_param_container: spec.ParameterContainer,
-  model_state: spec.ModelAuxiliaryState,
-  hyperparameters: spec.Hyperparameters,
-  global_step: int,
-  rng: spec.RandomState,
-) -> dict[str, spec.Tensor]:
-  """Takes the next batch of the pre-shuffled training queue."""
-  del workload, optimizer_state, current_param_container, model_state
-  del hyperparameters, global_step, rng
-  return next(input_queue)
+data_selection = submission_utils.data_selection

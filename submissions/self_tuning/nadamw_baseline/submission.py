@@ -8,13 +8,15 @@ digits proxy's targets are set with, and as a comparison for Schedule-Free.
 import collections
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn as dist_nn
 
+from sfperf import submission_utils
 from sfperf.api import spec
+from sfperf.submission_utils import train_loss_terms
+from sfperf.torch_submission_utils import global_mean_loss
 
 HPARAMS = collections.namedtuple(
   'Hyperparameters',
@@ -227,28 +229,17 @@ def update_params(
   model = current_param_container
   model.train()
   optimizer_state['optimizer'].zero_grad()
-  logits, new_model_state = workload.model_fn(
-    params=model,
-    augmented_and_preprocessed_input_batch=batch,
-    model_state=model_state,
-    mode=spec.ForwardPassMode.TRAIN,
-    rng=rng,
-    update_batch_norm=True,
+  loss_dict, new_model_state = train_loss_terms(
+    workload,
+    model,
+    model_state,
+    batch,
+    rng,
+    LABEL_SMOOTHING,
     dropout_rate=HPARAMS.dropout_rate,
   )
-  losses = workload.loss_fn(
-    label_batch=batch['targets'],
-    logits_batch=logits,
-    mask_batch=batch.get('weights'),
-    label_smoothing=LABEL_SMOOTHING,
-  )
-  summed, count = losses['summed'], losses['n_valid_examples']
-  if _ddp_active():
-    # Per-device sums become global sums; the differentiable all-reduce
-    # keeps gradients scaled by the global example count.
-    summed = dist_nn.all_reduce(summed)
-    count = dist_nn.all_reduce(count)
-  loss = summed / count
+  # Per-device sums become global sums only under a torchrun launch.
+  loss = global_mean_loss(loss_dict, all_reduce=_ddp_active())
   loss.backward()
   optimizer_state['optimizer'].step()
   optimizer_state['scheduler'].step()
@@ -294,17 +285,4 @@ def get_batch_size(workload_name: str) -> int:
     raise ValueError(f'Unsupported workload name: {workload_name}.') from None
 
 
-def data_selection(
-  workload: spec.Workload,
-  input_queue: Iterator[Dict[str, spec.Tensor]],
-  optimizer_state: spec.OptimizerState,
-  current_param_container: spec.ParameterContainer,
-  model_state: spec.ModelAuxiliaryState,
-  hyperparameters: spec.Hyperparameters,
-  global_step: int,
-  rng: spec.RandomState,
-) -> Dict[str, spec.Tensor]:
-  """The next batch of the input queue."""
-  del workload, optimizer_state, current_param_container, model_state
-  del hyperparameters, global_step, rng
-  return next(input_queue)
+data_selection = submission_utils.data_selection

@@ -12,13 +12,11 @@ so models keep their workload-default dropout, and this module passes no
 returns 224 for the Conformer).
 """
 
-from collections.abc import Iterator
 from typing import Any
 
-import torch
-import torch.distributed.nn as dist_nn
 from absl import logging
 
+from sfperf import submission_utils
 from sfperf.api import spec
 from sfperf.divergence_reset import (  # noqa: F401 (re-exported)
   MINIMIZED_METRICS,
@@ -30,6 +28,7 @@ from sfperf.divergence_reset import (  # noqa: F401 (re-exported)
   should_reset,
 )
 from sfperf.optim import ScheduleFreeAdamWV1
+from sfperf.torch_submission_utils import closure_step
 
 HPARAMS = {
   'learning_rate': 0.0025,
@@ -68,13 +67,7 @@ def get_batch_size(workload_name: str) -> int:
     ValueError: for a name not in the entry's table; the runner then retries
       with the base workload name.
   """
-  try:
-    return _BATCH_SIZES[workload_name]
-  except KeyError:
-    raise ValueError(
-      f'No batch size for workload {workload_name!r}; known: '
-      f'{", ".join(sorted(_BATCH_SIZES))}.'
-    ) from None
+  return submission_utils.batch_size_from(_BATCH_SIZES, workload_name)
 
 
 def warmup_steps_for(step_hint: int) -> int:
@@ -111,10 +104,6 @@ def init_optimizer_state(
     'has_forced_reset': False,
     'first_eval': False,
   }
-
-
-def _distributed() -> bool:
-  return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def update_params(
@@ -165,53 +154,16 @@ def update_params(
       group['lr'] = group['lr'] / 2.0
 
   current_param_container.train()
-  new_model_state = None
-
-  def closure() -> torch.Tensor:
-    nonlocal new_model_state
-    optimizer.zero_grad()
-    logits_batch, new_model_state = workload.model_fn(
-      params=current_param_container,
-      augmented_and_preprocessed_input_batch=batch,
-      model_state=model_state,
-      mode=spec.ForwardPassMode.TRAIN,
-      rng=rng,
-      update_batch_norm=True,
-    )
-    loss_dict = workload.loss_fn(
-      label_batch=batch['targets'],
-      logits_batch=logits_batch,
-      mask_batch=batch.get('weights'),
-      label_smoothing=HPARAMS['label_smoothing'],
-    )
-    summed_loss = loss_dict['summed']
-    n_valid_examples = loss_dict['n_valid_examples']
-    if _distributed():
-      # Differentiable all-reduce: the loss is the global sum over the global
-      # count, so gradients are scaled as for one large batch. torch 2.13
-      # marks this function deprecated (FutureWarning); it is what the entry
-      # and AlgoPerf's own baselines call, so it stays until they move.
-      summed_loss = dist_nn.all_reduce(summed_loss)
-      n_valid_examples = dist_nn.all_reduce(n_valid_examples)
-    loss = summed_loss / n_valid_examples
-    loss.backward()
-    return loss
-
-  optimizer.step(closure)
+  new_model_state = closure_step(
+    optimizer,
+    workload,
+    current_param_container,
+    model_state,
+    batch,
+    rng,
+    HPARAMS['label_smoothing'],
+  )
   return optimizer_state, current_param_container, new_model_state
 
 
-def data_selection(
-  workload: spec.Workload,
-  input_queue: Iterator[dict[str, spec.Tensor]],
-  optimizer_state: spec.OptimizerState,
-  current_param_container: spec.ParameterContainer,
-  model_state: spec.ModelAuxiliaryState,
-  hyperparameters: spec.Hyperparameters,
-  global_step: int,
-  rng: spec.RandomState,
-) -> dict[str, spec.Tensor]:
-  """Takes the next batch of the pre-shuffled training queue."""
-  del workload, optimizer_state, current_param_container, model_state
-  del hyperparameters, global_step, rng
-  return next(input_queue)
+data_selection = submission_utils.data_selection

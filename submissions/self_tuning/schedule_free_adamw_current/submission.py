@@ -32,14 +32,19 @@ costs one extra forward and two switches, each rounding y by about one unit
 in the last place.
 """
 
-from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
-import torch.distributed.nn as dist_nn
 
+from sfperf import submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamW
+from sfperf.submission_utils import (
+  dropout_rate_of,
+  train_forward,
+  train_loss_terms,
+)
+from sfperf.torch_submission_utils import global_mean_loss
 
 HPARAMS = {
   'learning_rate': 0.0025,
@@ -83,13 +88,7 @@ def get_batch_size(workload_name: str) -> int:
     ValueError: for a name not in the table; the runner then retries with
       the base workload name.
   """
-  try:
-    return _BATCH_SIZES[workload_name]
-  except KeyError:
-    raise ValueError(
-      f'No batch size for workload {workload_name!r}; known: '
-      f'{", ".join(sorted(_BATCH_SIZES))}.'
-    ) from None
+  return submission_utils.batch_size_from(_BATCH_SIZES, workload_name)
 
 
 def warmup_steps_for(step_hint: int) -> int:
@@ -145,10 +144,6 @@ def init_optimizer_state(
   }
 
 
-def _distributed() -> bool:
-  return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def _dropout_kwargs(hyperparameters: spec.Hyperparameters) -> dict[str, Any]:
   """`dropout_rate` for `model_fn` when the hyperparameters set one.
 
@@ -156,7 +151,7 @@ def _dropout_kwargs(hyperparameters: spec.Hyperparameters) -> dict[str, Any]:
   a variant whose hyperparameters carry `dropout_rate` gets it passed, as
   v0.6 requires (the runner no longer applies it).
   """
-  dropout_rate = getattr(hyperparameters, 'dropout_rate', None)
+  dropout_rate = dropout_rate_of(hyperparameters)
   return {} if dropout_rate is None else {'dropout_rate': dropout_rate}
 
 
@@ -212,43 +207,30 @@ def update_params(
   ):
     optimizer.eval()
     with torch.no_grad():
-      _, model_state = workload.model_fn(
-        params=current_param_container,
-        augmented_and_preprocessed_input_batch=batch,
-        model_state=model_state,
-        mode=spec.ForwardPassMode.TRAIN,
-        rng=rng,
+      _, model_state = train_forward(
+        workload,
+        current_param_container,
+        model_state,
+        batch,
+        rng,
         update_batch_norm=True,
         **model_fn_kwargs,
       )
 
   optimizer.train()
   optimizer.zero_grad()
-  logits_batch, new_model_state = workload.model_fn(
-    params=current_param_container,
-    augmented_and_preprocessed_input_batch=batch,
-    model_state=model_state,
-    mode=spec.ForwardPassMode.TRAIN,
-    rng=rng,
+  loss_dict, new_model_state = train_loss_terms(
+    workload,
+    current_param_container,
+    model_state,
+    batch,
+    rng,
+    HPARAMS['label_smoothing'],
     # At y the running statistics stay as the refresh at x left them.
     update_batch_norm=not batch_norm,
     **model_fn_kwargs,
   )
-  loss_dict = workload.loss_fn(
-    label_batch=batch['targets'],
-    logits_batch=logits_batch,
-    mask_batch=batch.get('weights'),
-    label_smoothing=HPARAMS['label_smoothing'],
-  )
-  summed_loss = loss_dict['summed']
-  n_valid_examples = loss_dict['n_valid_examples']
-  if _distributed():
-    # Differentiable all-reduce: the loss is the global sum over the global
-    # count, so gradients are scaled as for one large batch (as AlgoPerf's
-    # baselines and the other submissions here do).
-    summed_loss = dist_nn.all_reduce(summed_loss)
-    n_valid_examples = dist_nn.all_reduce(n_valid_examples)
-  loss = summed_loss / n_valid_examples
+  loss = global_mean_loss(loss_dict)
   loss.backward()
   optimizer.step()
   return optimizer_state, current_param_container, new_model_state
@@ -277,17 +259,4 @@ def prepare_for_eval(
   return optimizer_state, current_param_container, model_state
 
 
-def data_selection(
-  workload: spec.Workload,
-  input_queue: Iterator[dict[str, spec.Tensor]],
-  optimizer_state: spec.OptimizerState,
-  current_param_container: spec.ParameterContainer,
-  model_state: spec.ModelAuxiliaryState,
-  hyperparameters: spec.Hyperparameters,
-  global_step: int,
-  rng: spec.RandomState,
-) -> dict[str, spec.Tensor]:
-  """Takes the next batch of the pre-shuffled training queue."""
-  del workload, optimizer_state, current_param_container, model_state
-  del hyperparameters, global_step, rng
-  return next(input_queue)
+data_selection = submission_utils.data_selection
