@@ -18,7 +18,7 @@ from absl import logging
 from sfperf.catalog import load_proxy_catalog
 from sfperf.results.logs import read_log_root
 from sfperf.results.report import markdown_table, write_outputs
-from sfperf.results.scoring import score_logs
+from sfperf.results.scoring import describe_outcome, score_logs
 from sfperf.seeds import derive_seed
 
 SUBMISSIONS = (
@@ -92,39 +92,6 @@ def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
   return results[0] if results else None
 
 
-def _outcome(result, spec) -> str:
-  """When the run first met the validation target, as scoring counts it."""
-  for _, metrics in result.eval_results:
-    value = metrics.get(spec.validation_metric)
-    if value is None:
-      continue
-    # The scorer's inclusive rule (`>=`, `<=` when minimizing), as the
-    # official scorer counts; the runner stops only on a strict `>`, as
-    # AlgoPerf's runner does, so a value exactly at the target is met here
-    # while that trial trained on.
-    met = (
-      value <= spec.validation_target_value
-      if spec.minimize
-      else value >= spec.validation_target_value
-    )
-    if met:
-      return (
-        f'{spec.validation_metric} {value:.4f} met the target '
-        f'{spec.validation_target_value:g} (scorer rule, inclusive '
-        f'{"<=" if spec.minimize else ">="}) at {metrics["score"]:.1f} s'
-      )
-  best = [
-    m[spec.validation_metric]
-    for _, m in result.eval_results
-    if spec.validation_metric in m
-  ]
-  best_value = (min if spec.minimize else max)(best) if best else float('nan')
-  return (
-    f'target {spec.validation_target_value:g} not met (scorer rule, '
-    f'inclusive; best {spec.validation_metric} {best_value:.4f})'
-  )
-
-
 def _move_aside(out: str) -> str:
   """Renames `out` to `<out>.previous-<timestamp>[-N]`; returns the name."""
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
@@ -194,8 +161,9 @@ def _demo(args) -> int:
     if result is None:
       print(f'{prefix}: finished earlier, kept')
       continue
+    outcome = describe_outcome(result.eval_results, spec)
     print(
-      f'{prefix}: {_outcome(result, spec)}; stopped at step '
+      f'{prefix}: {outcome}; stopped at step '
       f'{result.global_step}, {result.score:.1f} s submission time '
       f'({time.time() - run_started:.0f} s wall)'
     )

@@ -8,6 +8,7 @@ import types
 
 from sfperf import demo
 from sfperf.catalog import load_proxy_catalog
+from sfperf.results.scoring import describe_outcome
 from sfperf.runner import run
 from tests.runner.conftest import BASELINE
 
@@ -82,7 +83,7 @@ def test_outcome_names_the_scorers_inclusive_rule():
     eval_results=[(5, {spec.validation_metric: at_target, 'score': 3.0})]
   )
   # Exactly at the target: met for the scorer (>=), not for the runner (>).
-  text = demo._outcome(result, spec)
+  text = describe_outcome(result.eval_results, spec)
   assert 'met the target' in text and 'inclusive' in text
   result.eval_results[0][1][spec.validation_metric] = at_target - 0.1
-  assert 'not met' in demo._outcome(result, spec)
+  assert 'not met' in describe_outcome(result.eval_results, spec)

@@ -356,3 +356,36 @@ def score_logs(
     warnings=warnings,
     excluded_workloads=unrun if exclude_unrun else [],
   )
+
+
+def describe_outcome(eval_results, spec: WorkloadSpec) -> str:
+  """When a run first met its validation target, as the scorer counts it.
+
+  `eval_results` is the runner's list of (global_step, metrics) pairs. The
+  scorer's rule is inclusive (`>=`, `<=` when minimizing), as the official
+  scorer counts; the runner stops only on a strict `>`, as AlgoPerf's runner
+  does, so a value exactly at the target is met here while that trial
+  trained on.
+  """
+  values = []
+  for _, metrics in eval_results:
+    value = metrics.get(spec.validation_metric)
+    if value is None:
+      continue
+    values.append(value)
+    met = (
+      value <= spec.validation_target_value
+      if spec.minimize
+      else value >= spec.validation_target_value
+    )
+    if met:
+      return (
+        f'{spec.validation_metric} {value:.4f} met the target '
+        f'{spec.validation_target_value:g} (scorer rule, inclusive '
+        f'{"<=" if spec.minimize else ">="}) at {metrics["score"]:.1f} s'
+      )
+  best = (min if spec.minimize else max)(values) if values else math.nan
+  return (
+    f'target {spec.validation_target_value:g} not met (scorer rule, '
+    f'inclusive; best {spec.validation_metric} {best:.4f})'
+  )

@@ -11,7 +11,12 @@ from typing import List, Optional
 
 from absl import flags, logging
 
-from sfperf.catalog import BENCHMARK_VERSIONS, CatalogError
+from sfperf.catalog import (
+  BENCHMARK_VERSIONS,
+  CatalogError,
+  load_proxy_catalog,
+)
+from sfperf.results.scoring import describe_outcome
 from sfperf.runner.experiment import FRAMEWORKS, TUNING_RULESETS, run
 from sfperf.runner.loading import UsageError
 
@@ -204,15 +209,17 @@ def main(argv: Optional[List[str]] = None) -> int:
       file=sys.stderr,
     )
     return 130
+  spec = load_proxy_catalog(fv.benchmark).workloads.get(fv.workload)
   for result in results:
     # Strict `>`, as AlgoPerf's runner stops; the scorer counts `>=`.
     logging.info(
       'Trial %d: score %.2fs, step %d, validation target (strict >, runner '
-      'stop rule) %s -> %s',
+      'stop rule) %s; %s -> %s',
       result.trial_index,
       result.score,
       result.global_step,
       'reached' if result.reached_target else 'not reached',
+      describe_outcome(result.eval_results, spec) if spec else '',
       result.trial_dir,
     )
   return 0
