@@ -7,7 +7,6 @@ kept and skipped on a second call; `--fresh` moves earlier output aside.
 """
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import List, Tuple
 from absl import logging
 
 from sfperf.catalog import load_proxy_catalog
+from sfperf.fsutil import move_aside
 from sfperf.results.logs import read_log_root
 from sfperf.results.report import markdown_table, write_outputs
 from sfperf.results.scoring import describe_outcome, score_logs
@@ -94,15 +94,7 @@ def _run_one(out: str, name: str, path: str, study: int, benchmark: str):
 
 def _move_aside(out: str) -> str:
   """Renames `out` to `<out>.previous-<timestamp>[-N]`; returns the name."""
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  base = f'{out.rstrip(os.sep) or out}.previous-{stamp}'
-  backup = base
-  suffix = 1
-  while os.path.exists(backup):
-    suffix += 1
-    backup = f'{base}-{suffix}'
-  os.replace(out, backup)
-  return backup
+  return move_aside(out, f'{out.rstrip(os.sep) or out}.previous')
 
 
 def main(argv) -> int:

@@ -2,6 +2,7 @@
 old file in place."""
 
 import contextlib
+import datetime
 import os
 import tempfile
 from typing import Iterator
@@ -39,3 +40,35 @@ def atomic_write_text(path: str, text: str) -> None:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  with atomic_path(path) as temp_path:
+    with open(temp_path, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def unique_name(base: str) -> str:
+  """`base`, or `base-2`, `base-3`, ... whichever does not exist yet."""
+  candidate, number = base, 1
+  while os.path.exists(candidate):
+    number += 1
+    candidate = f'{base}-{number}'
+  return candidate
+
+
+def move_aside(path: str, destination_stem: str) -> str:
+  """Renames `path` to `<destination_stem>-<timestamp>[-N]`, never deleting.
+
+  Returns the new name. The destination's directory is created if needed.
+  """
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  destination = unique_name(f'{destination_stem}-{stamp}')
+  parent = os.path.dirname(destination)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  os.replace(path, destination)
+  return destination

@@ -9,11 +9,12 @@ leaves give each restored leaf its type, dtype and sharding. Nothing is
 pickled, so a file cannot run code when it is read.
 """
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from sfperf.fsutil import atomic_path
 
 _TREEDEF = 'treedef'
 _DTYPES = 'dtypes'
@@ -44,10 +45,9 @@ def save_pytree(path: str, tree: Any) -> None:
     arrays[_leaf_key(index)] = np.frombuffer(host.tobytes(), np.uint8)
     arrays[_shape_key(index)] = np.array(host.shape, np.int64)
   arrays[_DTYPES] = np.array(dtype_names, dtype=str)
-  tmp_path = path + '.tmp'
-  with open(tmp_path, 'wb') as f:
-    np.savez(f, **arrays)
-  os.replace(tmp_path, path)
+  with atomic_path(path) as temp_path:
+    with open(temp_path, 'wb') as f:
+      np.savez(f, **arrays)
 
 
 def _restore_leaf(host: np.ndarray, like: Any) -> Any:

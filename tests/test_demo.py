@@ -6,7 +6,7 @@ The demo itself trains for minutes; these tests stop short of that.
 import datetime
 import types
 
-from sfperf import demo
+from sfperf import demo, fsutil
 from sfperf.catalog import load_proxy_catalog
 from sfperf.results.scoring import describe_outcome
 from sfperf.runner import run
@@ -34,7 +34,7 @@ def test_fresh_backup_names_are_unique_within_a_second(tmp_path, monkeypatch):
   fake = types.SimpleNamespace(
     datetime=types.SimpleNamespace(now=lambda: frozen)
   )
-  monkeypatch.setattr(demo, 'datetime', fake)
+  monkeypatch.setattr(fsutil, 'datetime', fake)
   out = tmp_path / 'demo_out'
   names = []
   for number in range(3):

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from absl import logging
 
+from sfperf.fsutil import atomic_path
+
 _NAME = re.compile(r'checkpoint_(\d+)$')
 _REQUIRED_KEYS = (
   'optimizer_state',
@@ -158,9 +160,8 @@ def save_checkpoint(
     'torch_rng_state': torch.get_rng_state(),
     'extra': extra or {},
   }
-  tmp_path = path + '.tmp'
-  torch.save(payload, tmp_path)
-  os.replace(tmp_path, path)
+  with atomic_path(path) as temp_path:
+    torch.save(payload, temp_path)
   if not keep_intermediate:
     for old in glob.glob(os.path.join(trial_dir, 'checkpoint_*')):
       match = _NAME.search(old)

@@ -4,7 +4,6 @@ Sets up the experiment directory, picks the batch size and hyperparameters,
 and trains each trial with `training.train_once`.
 """
 
-import datetime
 import itertools
 import numbers
 import os
@@ -14,6 +13,7 @@ import torch
 from absl import logging
 
 from sfperf import catalog
+from sfperf.fsutil import move_aside
 from sfperf.runner import checkpoint, loading, logs, training
 from sfperf.runner.loading import UsageError
 
@@ -147,17 +147,10 @@ BACKUP_DIR = '.backup'
 
 def _move_aside(path: str) -> str:
   """Moves `path` to `<parent>/.backup/<name>-<timestamp>`; returns that."""
-  backup_root = os.path.join(os.path.dirname(path), BACKUP_DIR)
-  os.makedirs(backup_root, exist_ok=True)
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  base = os.path.join(backup_root, f'{os.path.basename(path)}-{stamp}')
-  backup = base
-  suffix = 1
-  while os.path.exists(backup):
-    suffix += 1
-    backup = f'{base}-{suffix}'
-  os.replace(path, backup)
-  return backup
+  return move_aside(
+    path,
+    os.path.join(os.path.dirname(path), BACKUP_DIR, os.path.basename(path)),
+  )
 
 
 def _check_int(

@@ -12,30 +12,15 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from sfperf.fsutil import atomic_write_text
+
 EVAL_CSV = 'eval_measurements.csv'
 MEASUREMENTS_CSV = 'measurements.csv'
 HPARAMS_JSON = 'hparams.json'
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and `os.replace`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp_path = tempfile.mkstemp(
-    dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8', newline='') as f:
-      f.write(text)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
 
 
 def _json_default(value):
@@ -47,7 +32,9 @@ def _json_default(value):
 
 
 def write_json(path: str, data: Any) -> None:
-  write_atomic(path, json.dumps(data, indent=2, default=_json_default) + '\n')
+  atomic_write_text(
+    path, json.dumps(data, indent=2, default=_json_default) + '\n'
+  )
 
 
 def read_json(path: str) -> Any:
@@ -74,7 +61,7 @@ def append_csv_row(path: str, row: Dict[str, Any]) -> None:
   writer = csv.DictWriter(text, fieldnames=columns, lineterminator='\n')
   writer.writeheader()
   writer.writerows(rows)
-  write_atomic(path, text.getvalue())
+  atomic_write_text(path, text.getvalue())
 
 
 def final_score_step(trial_dir: str) -> Optional[int]:

@@ -13,7 +13,6 @@ import spec` (v0.5).
 
 import ast
 import collections
-import datetime
 import importlib
 import importlib.metadata
 import importlib.util
@@ -26,6 +25,7 @@ import sys
 import tempfile
 from typing import NamedTuple, Optional
 
+from sfperf.fsutil import move_aside
 from sfperf.submission_tools.common import (
   RULESET_FOLDERS,
   SEARCH_SPACE_FILE,
@@ -500,14 +500,7 @@ def _header(what: str) -> str:
 
 
 def _move_aside(outdir: str) -> str:
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  candidate = f'{outdir}.old-{stamp}'
-  counter = 1
-  while os.path.exists(candidate):
-    candidate = f'{outdir}.old-{stamp}-{counter}'
-    counter += 1
-  os.rename(outdir, candidate)
-  return candidate
+  return move_aside(outdir, f'{outdir}.old')
 
 
 def pack_submission(
