@@ -31,6 +31,21 @@ class StrictError(ValueError):
   """--strict found fewer studies or trials than the benchmark requires."""
 
 
+MAX_RESAMPLES = 100_000
+
+
+def _resample_count(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not an integer: {text!r}') from None
+  if not 0 <= value <= MAX_RESAMPLES:
+    raise argparse.ArgumentTypeError(
+      f'{value} is outside 0..{MAX_RESAMPLES} (0 turns the spread off)'
+    )
+  return value
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     '--benchmark',
@@ -66,7 +81,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     '--bootstrap',
-    type=int,
+    type=_resample_count,
     default=1000,
     metavar='N',
     help='bootstrap resamples of the studies for the spread of each score '
@@ -180,7 +195,11 @@ def check_strict(scores: Scores, catalog: Catalog, self_tuning: bool) -> None:
   """The official --strict checks: study and trial counts, skipped files."""
   problems = []
   expected_trials = 1 if self_tuning else catalog.num_trials_external
+  required = list(catalog.base_workloads) + list(catalog.held_out_workloads)
   for name in scores.submissions:
+    missing = [w for w in required if w not in scores.results[name]]
+    if missing:
+      problems.append(f'{name}: no logs for {", ".join(missing)}')
     for workload, result in scores.results[name].items():
       if len(result.studies) != catalog.num_studies:
         problems.append(
@@ -200,6 +219,30 @@ def check_strict(scores: Scores, catalog: Catalog, self_tuning: bool) -> None:
       f'--strict: {len(problems) + len(skipped)} problem(s), e.g. '
       + '; '.join(shown)
     )
+
+
+def ruleset_warnings(scores: Scores, self_tuning: bool) -> List[str]:
+  """Logs whose trial counts contradict the ruleset they are scored under."""
+  warnings = []
+  for name in scores.submissions:
+    counts = [
+      len(study.trials)
+      for result in scores.results[name].values()
+      for study in result.studies
+    ]
+    if self_tuning and counts and max(counts) > 1:
+      warnings.append(
+        f'{name}: studies with up to {max(counts)} trials, scored under the '
+        'self-tuning ruleset (one trial per study); are these external-'
+        'tuning logs? If so, drop --self-tuning'
+      )
+    if not self_tuning and counts and max(counts) == 1:
+      warnings.append(
+        f'{name}: every study has one trial, scored under the external-'
+        'tuning ruleset; are these self-tuning logs? If so, pass '
+        '--self-tuning'
+      )
+  return warnings
 
 
 def _print_warnings(warnings: List[str], path: str) -> None:
@@ -231,6 +274,8 @@ def main(argv) -> int:
     scores = score_logs(
       logs, catalog, args.trial_choice, exclude_unrun=args.exclude_unrun
     )
+    for warning in reversed(ruleset_warnings(scores, args.self_tuning)):
+      scores.warnings.insert(0, warning)
     if args.strict:
       check_strict(scores, catalog, args.self_tuning)
     spreads = (
@@ -282,10 +327,12 @@ def compare_main(argv) -> int:
       reference=args.reference,
       trial_choice=args.trial_choice,
       exclude_unrun=args.exclude_unrun,
-      num_resamples=max(args.bootstrap, 0),
+      num_resamples=args.bootstrap,
     )
-    text = compare_module.markdown(comparison, args.self_tuning)
     joint = comparison.with_variants
+    for warning in reversed(ruleset_warnings(joint, args.self_tuning)):
+      joint.warnings.insert(0, warning)
+    text = compare_module.markdown(comparison, args.self_tuning)
     paths = write_outputs(joint, args.out, ruleset, label)
     atomic_write_text(os.path.join(args.out, 'compare.md'), text)
     atomic_write_text(os.path.join(args.out, 'scores.csv'), scores_csv(joint))

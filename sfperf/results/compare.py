@@ -41,14 +41,31 @@ class Comparison:
   mean_speedup_spreads: Optional[Dict[str, Spread]] = None
 
 
+def field_only(field: List[LogSet]) -> LogSet:
+  """The field's log sets as one; a name in two of them is an error.
+
+  Merging two folders' `baseline` into one submission would pool their
+  trials (and let the faster copy win each study), so it is refused.
+  """
+  trials, warnings, origin = {}, [], {}
+  for log_set in field:
+    for name, found in log_set.trials.items():
+      if name in trials:
+        raise CompareError(
+          f'submission {name!r} is in two --field folders ({origin[name]} '
+          f'and {log_set.root}); rename one of them'
+        )
+      trials[name] = list(found)
+      origin[name] = log_set.root
+    warnings.extend(log_set.warnings)
+  return LogSet(root=field[0].root, trials=trials, warnings=warnings)
+
+
 def merge_log_sets(field: List[LogSet], variant: LogSet) -> LogSet:
   """One log set of field and variant; a variant named like a field entry
   gets a ' (variant)' suffix so that both stay in the table."""
-  trials, warnings = {}, []
-  for log_set in field:
-    for name, found in log_set.trials.items():
-      trials.setdefault(name, []).extend(found)
-    warnings.extend(log_set.warnings)
+  merged = field_only(field)
+  trials, warnings = dict(merged.trials), list(merged.warnings)
   field_names = set(trials)
   for name, found in variant.trials.items():
     trials[name + VARIANT_SUFFIX if name in field_names else name] = found
@@ -62,15 +79,6 @@ def variant_names(field: List[LogSet], variant: LogSet) -> List[str]:
     name + VARIANT_SUFFIX if name in field_names else name
     for name in variant.trials
   )
-
-
-def field_only(field: List[LogSet]) -> LogSet:
-  trials, warnings = {}, []
-  for log_set in field:
-    for name, found in log_set.trials.items():
-      trials.setdefault(name, []).extend(found)
-    warnings.extend(log_set.warnings)
-  return LogSet(root=field[0].root, trials=trials, warnings=warnings)
 
 
 def _ranks(scores: Dict[str, float]) -> Dict[str, int]:
@@ -95,6 +103,13 @@ def compare(
     merge_log_sets(field, variant), catalog, trial_choice, exclude_unrun
   )
   names = variant_names(field, variant)
+  ran = [name for name in names if joint.results[name]]
+  if not ran:
+    raise CompareError(
+      f'no workload of the variant logs ({variant.root}) is in the '
+      f'{catalog.benchmark_version} catalog, so it cannot be compared with '
+      'the field; see the warnings of `sfperf score` on those logs'
+    )
   if reference is None:
     reference = 'baseline' if 'baseline' in alone.scores else None
     if reference is None:
@@ -124,7 +139,7 @@ def compare(
 
 
 def _format_speedup(value: float) -> str:
-  return 'n/a' if not math.isfinite(value) else f'{value:.2f}x'
+  return 'not run' if not math.isfinite(value) else f'{value:.2f}x'
 
 
 def markdown(comparison: Comparison, self_tuning: bool) -> str:
@@ -167,8 +182,8 @@ def markdown(comparison: Comparison, self_tuning: bool) -> str:
     cells = []
     for name in shown:
       cell = _format_speedup(comparison.speedups[name][workload])
-      if spreads:
-        spread = spreads[name][workload]
+      spread = spreads[name][workload] if spreads else None
+      if spread and math.isfinite(spread.low):
         cell += f' [{spread.low:.2f}, {spread.high:.2f}]'
       cells.append(cell)
     lines.append(f'| {workload} | ' + ' | '.join(cells) + ' |')
@@ -184,7 +199,8 @@ def markdown(comparison: Comparison, self_tuning: bool) -> str:
     '',
     "A target not reached counts as the workload's "
     f"{budget_rule} plus one second, the convention of the leaderboard's "
-    'speedup script (which reports the inverse ratio).',
+    'speedup script (which reports the inverse ratio). "not run": one side '
+    'has no logs for the workload; the geometric mean leaves it out.',
   ]
   if spreads:
     lines.append(

@@ -242,18 +242,31 @@ def plot_profiles(scores: Scores, title: str, path: str) -> None:
   _save_png(figure, path)
 
 
+def _best_trial(study, spec):
+  """The study's trial with the best validation value (for a study that
+  never reached the target, the one that came closest)."""
+
+  def best_value(trial):
+    values = trial.trial.columns.get(spec.validation_metric)
+    if values is None or not np.isfinite(values).any():
+      return -math.inf
+    finite = values[np.isfinite(values)]
+    return -finite.min() if spec.minimize else finite.max()
+
+  return max(study.trials, key=best_value) if study.trials else None
+
+
 def _drawn_trials(scores: Scores, workload: str):
   """(submission index, study number, trial) to draw for a workload.
 
-  Each study shows the trial that decided its time to target, or its only
-  trial (self-tuning) when the target was not reached.
+  Each study shows the trial that decided its time to target or, when no
+  trial reached the target, the trial that came closest.
   """
+  spec = scores.catalog.workload(workload)
   for index, name in enumerate(scores.submissions):
     result = scores.results[name].get(workload)
     for number, study in enumerate(result.studies if result else ()):
-      trial = study.winner
-      if trial is None and len(study.trials) == 1:
-        trial = study.trials[0]
+      trial = study.winner or _best_trial(study, spec)
       if trial is not None:
         yield index, number, trial
 
@@ -290,11 +303,13 @@ def plot_workload_curves(
   plt = _pyplot()
   figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-  for index, number, trial in drawn:
+  labelled = set()
+  for index, _, trial in drawn:
     color = colors[index % len(colors)]
     times = trial.trial.columns[TIME_COLUMN] / scale
     values = trial.trial.columns[spec.validation_metric]
-    label = scores.submissions[index] if number == 0 else None
+    label = None if index in labelled else scores.submissions[index]
+    labelled.add(index)
     axes.plot(times, values, color=color, alpha=0.8, lw=1.4, label=label)
     if trial.eval_index is not None:
       axes.plot(
@@ -337,11 +352,11 @@ def plot_workload_curves(
 
 
 def _metric_view(scores: Scores, workload: str, spec):
-  """A y-range around the target that still shows every study's best value.
+  """A y-range around the target that still shows where every study went.
 
   Early evals (far from the target) are cut off so that the approach to the
   target is readable; a study that never comes close stays in view through
-  its best value.
+  its best value and where it settled.
   """
   curves = [
     trial.trial.columns[spec.validation_metric]
@@ -353,16 +368,18 @@ def _metric_view(scores: Scores, workload: str, spec):
   if not curves:
     return None, None
   target = spec.validation_target_value
+  # Where each study settled: the median of its second half of evals.
+  settled = [float(np.median(c[len(c) // 2 :])) for c in curves]
   if spec.minimize:
     bests = [c.min() for c in curves]
     best = min(min(bests), target)
     span = max(target - best, abs(target) * 0.05, 1e-6)
-    high = max(target + 3 * span, max(bests))
+    high = max(target + 3 * span, max(bests), max(settled))
     return best - 0.1 * (high - best), high + 0.05 * (high - best)
   bests = [c.max() for c in curves]
   best = max(max(bests), target)
   span = max(best - target, abs(target) * 0.05, 1e-6)
-  low = min(target - 3 * span, min(bests))
+  low = min(target - 3 * span, min(bests), min(settled))
   return low - 0.05 * (best - low), best + 0.1 * (best - low)
 
 

@@ -123,12 +123,23 @@ def speedup_table(
   reference: str,
   self_tuning: bool,
 ) -> Dict[str, Dict[str, float]]:
-  """Per base workload speedup of each submission over `reference`."""
+  """Per base workload speedup of each submission over `reference`.
+
+  NaN where either side has no logs for the workload: not having run a
+  workload is not the same as having run it without reaching the target.
+  """
   catalog = scores.catalog
   result = {}
   for name in scores.submissions:
     result[name] = {}
     for workload in catalog.base_workloads:
+      ran = (
+        workload in scores.results[name]
+        and workload in scores.results[reference]
+      )
+      if not ran:
+        result[name][workload] = math.nan
+        continue
       unreached = catalog.budget_sec(workload, self_tuning) + 1.0
       result[name][workload] = speedup(
         table[reference][workload], table[name][workload], unreached
@@ -137,7 +148,9 @@ def speedup_table(
 
 
 def geometric_mean(values: Sequence[float]) -> float:
+  """Geometric mean of the finite values (NaN marks a workload not run)."""
   values = np.asarray(values, dtype=float)
+  values = values[np.isfinite(values)]
   return float(np.exp(np.log(values).mean())) if values.size else math.nan
 
 

@@ -45,10 +45,11 @@ def test_variant_is_ranked_inside_the_field(tmp_path):
   assert result.ranks == {'fast': 1, 'mine': 2, 'slow': 3}
   assert result.speedups['mine']['fastmri'] == pytest.approx(400 / 300)
   assert result.speedups['fast']['fastmri'] == pytest.approx(2.0)
-  # fastmri is the only base workload run; the 8 others are unreached by
-  # all and count as the budget + 1 s on both sides: speedup 1.
-  assert result.speedups['mine']['ogbg'] == 1.0
-  assert result.mean_speedups['mine'] == pytest.approx((4 / 3) ** (1 / 9))
+  # fastmri is the only base workload anyone ran; the others are 'not run'
+  # (NaN), not 'not reached', and the geometric mean leaves them out.
+  assert math.isnan(result.speedups['mine']['ogbg'])
+  assert result.mean_speedups['mine'] == pytest.approx(4 / 3)
+  assert 'not run' in compare.markdown(result, self_tuning=True)
   # Scores of the field alone are unchanged by the variant's absence.
   assert set(result.field_alone.scores) == {'fast', 'slow'}
 
@@ -145,3 +146,71 @@ def test_strict_fails_on_missing_studies(tmp_path, capsys):
   )
   err = capsys.readouterr().err
   assert code == 2 and '1 studies, expected 3' in err
+
+
+def test_a_name_in_two_field_folders_is_refused(tmp_path):
+  first = read_log_root(_field(tmp_path / 'one'))
+  second = read_log_root(_field(tmp_path / 'two'))
+  with pytest.raises(compare.CompareError, match='in two --field folders'):
+    compare.compare(first, [first, second], load_catalog('v0.6'), True)
+
+
+def test_a_variant_without_catalog_workloads_is_refused(tmp_path):
+  field = read_log_root(_field(tmp_path))
+  variant_root = tmp_path / 'variant'
+  write_trial(
+    str(variant_root),
+    'mine',
+    'study_0',
+    'trial_1',
+    good_rows(),
+    'digits_pytorch',
+  )
+  with pytest.raises(compare.CompareError, match='cannot be compared'):
+    compare.compare(
+      read_log_root(str(variant_root)), [field], load_catalog('v0.6'), True
+    )
+
+
+def test_strict_fails_on_workloads_never_run(tmp_path, capsys):
+  root = tmp_path / 'logs'
+  for study in range(3):
+    write_trial(str(root), 'a', f'study_{study}', 'trial_1', good_rows(1))
+  code = sfperf_main(
+    [
+      'sfperf',
+      'score',
+      str(root),
+      '--self-tuning',
+      '--strict',
+      '--out',
+      str(tmp_path / 'out'),
+      '--bootstrap',
+      '0',
+    ]
+  )
+  assert code == 2 and 'no logs for criteo1tb' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('bad', ['-1', '100001', 'many'])
+def test_bootstrap_count_is_bounded(tmp_path, bad):
+  with pytest.raises(SystemExit):
+    sfperf_main(
+      [
+        'sfperf',
+        'score',
+        str(tmp_path),
+        '--out',
+        str(tmp_path / 'o'),
+        '--bootstrap',
+        bad,
+      ]
+    )
+
+
+def test_ruleset_mismatch_is_a_warning(tmp_path):
+  from sfperf.results.cli import ruleset_warnings
+
+  scores = score_logs(read_log_root(_field(tmp_path)), load_catalog('v0.6'))
+  assert ruleset_warnings(scores, self_tuning=True) == []
+  assert 'pass --self-tuning' in ruleset_warnings(scores, False)[0]
