@@ -20,7 +20,7 @@ from sfperf.fsutil import atomic_write_text
 from sfperf.results import compare as compare_module
 from sfperf.results import uncertainty
 from sfperf.results.logs import LogDirError, LogSet, read_log_root
-from sfperf.results.report import markdown_table, scores_csv, write_outputs
+from sfperf.results.report import markdown_table, write_outputs
 from sfperf.results.scoring import TRIAL_CHOICES, Scores, score_logs
 
 OFFICIAL_LABEL = 'AlgoPerf logs scored with the official scoring semantics'
@@ -335,7 +335,6 @@ def compare_main(argv) -> int:
     text = compare_module.markdown(comparison, args.self_tuning)
     paths = write_outputs(joint, args.out, ruleset, label)
     atomic_write_text(os.path.join(args.out, 'compare.md'), text)
-    atomic_write_text(os.path.join(args.out, 'scores.csv'), scores_csv(joint))
   except (LogDirError, CatalogError, compare_module.CompareError) as e:
     print(f'sfperf compare: {e}', file=sys.stderr)
     return 2
