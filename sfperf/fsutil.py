@@ -8,6 +8,13 @@ import tempfile
 from typing import Iterator
 
 
+def default_mode(base: int = 0o666) -> int:
+  """`base` less the process umask: the mode `open` or `mkdir` would give."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return base & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
   """Yields a temporary path in the target's directory; renames on success."""
@@ -19,9 +26,7 @@ def atomic_path(path: str) -> Iterator[str]:
   )
   os.close(handle)
   # mkstemp creates 0600 files; give the result the usual umask-based mode.
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(temp_path, 0o666 & ~umask)
+  os.chmod(temp_path, default_mode())
   try:
     yield temp_path
     os.replace(temp_path, path)

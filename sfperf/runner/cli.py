@@ -19,6 +19,7 @@ from sfperf.catalog import (
 from sfperf.results.scoring import describe_outcome
 from sfperf.runner.experiment import FRAMEWORKS, TUNING_RULESETS, run
 from sfperf.runner.loading import UsageError
+from sfperf.runner.training import SubmissionError
 
 
 def define_flags() -> flags.FlagValues:
@@ -63,7 +64,9 @@ def define_flags() -> flags.FlagValues:
     'hparam_start_index',
     None,
     'Train only the trials from this 0-based index of the search space on; '
-    'index i writes trial_<i+1>.',
+    'index i writes trial_<i+1>. Slices run as separate invocations may '
+    'share one experiment: a slice adds its trials to an existing '
+    'experiment as long as none of its trial directories exists yet.',
     flag_values=fv,
   )
   flags.DEFINE_integer(
@@ -201,6 +204,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   except (UsageError, CatalogError) as e:
     print(f'{argv[0]}: {e}', file=sys.stderr)
     return 2
+  except SubmissionError as e:
+    # The submission's own code failed: its message and step, one line; the
+    # traceback is in the trial directory. A hyperparameter missing from the
+    # search space is a bad input (2), anything else the submission's bug.
+    print(f'{argv[0]}: {e}', file=sys.stderr)
+    return 2 if e.missing_hyperparameter else 1
   except KeyboardInterrupt:
     # Checkpoints and logs are written atomically, so what is on disk is
     # whole and the trial continues from its latest checkpoint.

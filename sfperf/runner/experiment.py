@@ -4,6 +4,7 @@ Sets up the experiment directory, picks the batch size and hyperparameters,
 and trains each trial with `training.train_once`.
 """
 
+import inspect
 import itertools
 import numbers
 import os
@@ -274,8 +275,9 @@ def run(
       cores slows the spinning thread pool down many times over.
     hparam_start_index: train only the trials from this 0-based index on
       (external only); trial index i still writes `trial_<i+1>`. A second
-      slice of the same experiment finds the directory there and needs
-      `resume_last_run`.
+      slice of the same experiment adds its trials beside the first's
+      without `resume_last_run`, as long as none of its trial directories
+      exists yet.
     hparam_end_index: train only the trials before this 0-based index.
     flag_values: what flags_<k>.json records; defaults to these arguments.
 
@@ -361,6 +363,7 @@ def run(
   _check_directory_path(
     os.path.expanduser(experiment_dir), experiment_name, workload_dir
   )
+  sliced = hparam_start_index is not None or hparam_end_index is not None
   resume_points = {}
   if os.path.exists(workload_dir) and resume_last_run:
     resume_points = {
@@ -372,11 +375,14 @@ def run(
       )
       for index, _ in trials
     }
+  elif os.path.exists(workload_dir) and sliced and not overwrite:
+    _check_new_slice(workload_dir, [index for index, _ in trials], submission)
   elif os.path.exists(workload_dir) and not overwrite:
     raise UsageError(
       f'{workload_dir} already exists; pass --resume_last_run to continue '
       f'it or --overwrite to move it aside to {BACKUP_DIR}/'
     )
+  _warn_unused_hooks(submission, rules_catalog)
   if torch_num_threads:
     torch.set_num_threads(torch_num_threads)
   if overwrite and os.path.exists(workload_dir):
@@ -414,6 +420,11 @@ def run(
       seed,
       None if hyperparameters is None else hyperparameters._asdict(),
     )
+    hyperparameters_source = None
+    if point is not None:
+      hyperparameters_source = (
+        tuning_search_space if hyperparameters is point else hparams_path
+      )
     results.append(
       training.train_once(
         workload=workload_obj,
@@ -431,9 +442,64 @@ def run(
         save_checkpoints=save_checkpoints,
         save_intermediate_checkpoints=save_intermediate_checkpoints,
         resume_from=resume_from,
+        hyperparameters_source=hyperparameters_source,
       )
     )
   return results
+
+
+def _check_new_slice(workload_dir: str, indices: List[int], submission) -> None:
+  """A slice of trials may join an experiment only where nothing is yet.
+
+  The official runner would ask before writing into an existing experiment;
+  here a slice whose trial directories do not exist simply adds them, as
+  separate `--hparam_start_index/--hparam_end_index` invocations need, and
+  is refused if one of them exists (resume it or choose another slice) or
+  if the experiment's trials come from another submission.
+
+  Raises:
+    UsageError: a trial directory of the slice exists, or another
+      submission trained the experiment.
+  """
+  for index in indices:
+    trial_dir = os.path.join(workload_dir, f'trial_{index + 1}')
+    if os.path.lexists(trial_dir):
+      raise UsageError(
+        f'{trial_dir} already exists; pass --resume_last_run to continue '
+        'it, or choose --hparam_start_index/--hparam_end_index for trials '
+        'not yet trained'
+      )
+  for name in sorted(os.listdir(workload_dir)):
+    trial_dir = os.path.join(workload_dir, name)
+    if name.startswith('trial_') and os.path.isdir(trial_dir):
+      _check_same_submission(trial_dir, None, submission)
+
+
+def _warn_unused_hooks(submission, rules_catalog) -> None:
+  """Warns when the submission has v0.6 hooks these rules never call."""
+  hooks = rules_catalog.runner_hooks
+  version = rules_catalog.benchmark_version
+  name = _submission_name(submission)
+  if 'prepare_for_eval' not in hooks and callable(
+    getattr(submission, 'prepare_for_eval', None)
+  ):
+    logging.warning(
+      '%s defines prepare_for_eval, which %s rules never call; the '
+      'evaluator will see whatever update_params leaves in the model.',
+      name,
+      version,
+    )
+  try:
+    parameters = inspect.signature(submission.update_params).parameters
+  except (TypeError, ValueError):
+    parameters = {}
+  if 'train_state' not in hooks and 'train_state' in parameters:
+    logging.warning(
+      '%s: update_params takes train_state, which %s rules never pass; it '
+      'gets its default.',
+      name,
+      version,
+    )
 
 
 # `_resume_point` of a trial that has nothing left to train.

@@ -14,18 +14,21 @@ uninterrupted one, as long as evals do not change training.
 """
 
 import collections
+import contextlib
 import dataclasses
 import inspect
 import itertools
 import os
 import time
+import traceback
 import types
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from absl import logging
 
 from sfperf.api import spec
+from sfperf.fsutil import atomic_write_text
 from sfperf.runner import checkpoint, logs, prng
 
 
@@ -60,6 +63,128 @@ class TrialResult:
   def reached_target(self) -> bool:
     """Whether the validation target was reached (what scoring uses)."""
     return self.validation_goal_reached
+
+
+class SubmissionError(RuntimeError):
+  """The submission's own code raised during a trial.
+
+  The message is one line naming the submission, the exception, the
+  function and step, and the trial directory, which is kept as it is; the
+  original exception is the `__cause__`, and its traceback is written to
+  `traceback_file` in the trial directory.
+  """
+
+  def __init__(
+    self,
+    message: str,
+    *,
+    function_name: str,
+    global_step: int,
+    trial_dir: str,
+    traceback_file: Optional[str] = None,
+    missing_hyperparameter: Optional[str] = None,
+  ) -> None:
+    super().__init__(message)
+    self.function_name = function_name
+    self.global_step = global_step
+    self.trial_dir = trial_dir
+    self.traceback_file = traceback_file
+    # Set when the submission read a hyperparameter the search space lacks:
+    # then the input, not the submission, is at fault.
+    self.missing_hyperparameter = missing_hyperparameter
+
+
+def _missing_hyperparameter(error: BaseException) -> Optional[str]:
+  """The name a submission read from Hyperparameters that is not there."""
+  if not isinstance(error, AttributeError):
+    return None
+  obj = getattr(error, 'obj', None)
+  if type(obj).__name__ != 'Hyperparameters' or not error.name:
+    return None
+  return error.name
+
+
+def _describe_submission_error(
+  error: BaseException, hyperparameters_source: Optional[str]
+) -> str:
+  """`Type: first line`, or which hyperparameter was missing, and where."""
+  missing = _missing_hyperparameter(error)
+  if missing is None:
+    text = str(error).splitlines()[0] if str(error) else ''
+    return f'{type(error).__name__}: {text}' if text else type(error).__name__
+  fields = getattr(type(getattr(error, 'obj', None)), '_fields', ())
+  source = f' {hyperparameters_source}' if hyperparameters_source else ''
+  # A trial's hparams.json wins over the search space when it is resumed,
+  # so a fixed search space needs a fresh start.
+  rerun = (
+    'and resume'
+    if os.path.basename(hyperparameters_source or '') == logs.HPARAMS_JSON
+    else 'and rerun with --overwrite'
+  )
+  return (
+    f'AttributeError: it reads hyperparameter {missing!r}, which the search '
+    f'space{source} does not give (it has {", ".join(fields) or "none"}); '
+    f'add {missing!r} to it {rerun}'
+  )
+
+
+@contextlib.contextmanager
+def _submission_call(
+  function_name: str,
+  global_step: int,
+  *,
+  submission: Any,
+  trial_dir: str,
+  preemption_count: int,
+  hyperparameters_source: Optional[str],
+) -> Iterator[None]:
+  """Turns an exception from the submission's code into SubmissionError.
+
+  KeyboardInterrupt (not an Exception) and the API's TrainingCompleteError
+  pass through unchanged.
+  """
+  try:
+    yield
+  except spec.TrainingCompleteError:
+    raise
+  except Exception as error:  # noqa: BLE001 (the submission's code)
+    traceback_file = os.path.join(
+      trial_dir, f'traceback_{preemption_count}.txt'
+    )
+    try:
+      atomic_write_text(
+        traceback_file, ''.join(traceback.format_exception(error))
+      )
+    except OSError:
+      traceback_file = None
+    logging.debug(
+      '%s raised in %s at step %d.',
+      submission_identity(submission),
+      function_name,
+      global_step,
+      exc_info=error,
+    )
+    path = _display_path(submission_identity(submission) or submission.__name__)
+    described = _describe_submission_error(error, hyperparameters_source)
+    where = f'; traceback in {traceback_file}' if traceback_file else ''
+    raise SubmissionError(
+      f'{path} raised {described} (in {function_name} at step '
+      f'{global_step}); the trial directory {trial_dir} is kept for '
+      f'inspection{where}',
+      function_name=function_name,
+      global_step=global_step,
+      trial_dir=trial_dir,
+      traceback_file=traceback_file,
+      missing_hyperparameter=_missing_hyperparameter(error),
+    ) from error
+
+
+def _display_path(path: str) -> str:
+  """`path` relative to the working directory if under it, else as is."""
+  if not os.path.isabs(path):
+    return path
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
 
 
 # `train_once(resume_from=LATEST)`: look for the trial's newest checkpoint.
@@ -194,12 +319,19 @@ def train_once(
   save_checkpoints: bool = True,
   save_intermediate_checkpoints: bool = True,
   resume_from: Any = LATEST,
+  hyperparameters_source: Optional[str] = None,
 ) -> TrialResult:
   """Trains one trial into `trial_dir`, resuming from a checkpoint.
 
   `resume_from` is `LATEST` (the newest readable checkpoint in `trial_dir`,
   if any), None (start afresh) or a `(path, payload)` pair that
   `checkpoint.latest_readable_checkpoint` returned.
+  `hyperparameters_source` names the file the hyperparameters came from,
+  for the message when the submission reads one they lack.
+
+  Raises:
+    SubmissionError: the submission's code raised; the trial directory
+      keeps what was written up to then.
   """
   if resume_from is LATEST:
     resume_from = checkpoint.latest_readable_checkpoint(trial_dir)
@@ -217,9 +349,25 @@ def train_once(
     )
   )
   model_params, model_state = workload.init_model_fn(model_rng)
-  optimizer_state = submission.init_optimizer_state(
-    workload, model_params, model_state, hyperparameters, opt_rng
-  )
+
+  def submission_call(function_name: str, step: int, preemption: int):
+    return _submission_call(
+      function_name,
+      step,
+      submission=submission,
+      trial_dir=trial_dir,
+      preemption_count=preemption,
+      hyperparameters_source=hyperparameters_source,
+    )
+
+  first_step, first_preemption = 0, 0
+  if resume_from is not None:
+    first_step = resume_from[1]['global_step']
+    first_preemption = resume_from[1]['preemption_count'] + 1
+  with submission_call('init_optimizer_state', first_step, first_preemption):
+    optimizer_state = submission.init_optimizer_state(
+      workload, model_params, model_state, hyperparameters, opt_rng
+    )
   update_params = submission.update_params
   data_selection = submission.data_selection
   prepare_for_eval = None
@@ -310,34 +458,36 @@ def train_once(
     data_select_rng, update_rng, prep_eval_rng, eval_rng = prng.split(
       step_rng, 4
     )
-    batch = data_selection(
-      workload,
-      input_queue,
-      optimizer_state,
-      model_params,
-      model_state,
-      hyperparameters,
-      global_step,
-      data_select_rng,
-    )
+    with submission_call('data_selection', global_step, preemption_count):
+      batch = data_selection(
+        workload,
+        input_queue,
+        optimizer_state,
+        model_params,
+        model_state,
+        hyperparameters,
+        global_step,
+        data_select_rng,
+      )
     extra_args = {}
     if needs_train_state:
       extra_args['train_state'] = types.MappingProxyType(train_state)
     try:
-      optimizer_state, model_params, model_state = update_params(
-        workload=workload,
-        current_param_container=model_params,
-        current_params_types=workload.model_params_types,
-        model_state=model_state,
-        hyperparameters=hyperparameters,
-        batch=batch,
-        loss_type=workload.loss_type,
-        optimizer_state=optimizer_state,
-        eval_results=eval_results,
-        global_step=global_step,
-        rng=update_rng,
-        **extra_args,
-      )
+      with submission_call('update_params', global_step, preemption_count):
+        optimizer_state, model_params, model_state = update_params(
+          workload=workload,
+          current_param_container=model_params,
+          current_params_types=workload.model_params_types,
+          model_state=model_state,
+          hyperparameters=hyperparameters,
+          batch=batch,
+          loss_type=workload.loss_type,
+          optimizer_state=optimizer_state,
+          eval_results=eval_results,
+          global_step=global_step,
+          rng=update_rng,
+          **extra_args,
+        )
     except spec.TrainingCompleteError:
       train_state['training_complete'] = True
     global_step += 1
@@ -361,18 +511,19 @@ def train_once(
     if eval_due or train_state['training_complete']:
       if prepare_for_eval is not None:
         prepare_start = get_time()
-        optimizer_state, model_params, model_state = prepare_for_eval(
-          workload=workload,
-          current_param_container=model_params,
-          current_params_types=workload.model_params_types,
-          model_state=model_state,
-          hyperparameters=hyperparameters,
-          loss_type=workload.loss_type,
-          optimizer_state=optimizer_state,
-          eval_results=eval_results,
-          global_step=global_step,
-          rng=prep_eval_rng,
-        )
+        with submission_call('prepare_for_eval', global_step, preemption_count):
+          optimizer_state, model_params, model_state = prepare_for_eval(
+            workload=workload,
+            current_param_container=model_params,
+            current_params_types=workload.model_params_types,
+            model_state=model_state,
+            hyperparameters=hyperparameters,
+            loss_type=workload.loss_type,
+            optimizer_state=optimizer_state,
+            eval_results=eval_results,
+            global_step=global_step,
+            rng=prep_eval_rng,
+          )
         train_state['accumulated_submission_time'] += get_time() - prepare_start
       # v0.6 checks the budget here, after prepare_for_eval, and skips the
       # eval when it is spent. v0.5 checked every step and still ran the

@@ -417,7 +417,7 @@ def check_batch_sizes(get_batch_size: Callable[[str], Any]) -> list[Finding]:
       if workload_name != UNKNOWN_WORKLOAD:
         unsupported.append(workload_name)
       continue
-    except Exception as error:  # noqa: BLE001 (the submission's code)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 (its code)
       findings.append(
         Finding(
           FAIL,
@@ -615,9 +615,14 @@ def imported(located: Located) -> Iterator[Any]:
   package_spec.submodule_search_locations = [located.folder]
   sys.modules[package_name] = importlib.util.module_from_spec(package_spec)
   stem = os.path.splitext(os.path.basename(located.module_path))[0]
+  # Checking reads the folder and writes nothing into it (no __pycache__ in
+  # a folder that is to be submitted).
+  dont_write_bytecode = sys.dont_write_bytecode
+  sys.dont_write_bytecode = True
   try:
     yield importlib.import_module(f'{package_name}.{stem}')
   finally:
+    sys.dont_write_bytecode = dont_write_bytecode
     for name in list(sys.modules):
       if name == package_name or name.startswith(package_name + '.'):
         del sys.modules[name]
@@ -652,7 +657,17 @@ def check_submission(
   with api_stand_ins() as stood_in, contextlib.ExitStack() as stack:
     try:
       module = stack.enter_context(imported(located))
-    except Exception as error:  # noqa: BLE001 (any import failure is reported)
+    except KeyboardInterrupt:
+      raise
+    except SystemExit as error:
+      return Report(
+        located,
+        target or 'v0.6',
+        (),
+        f'{located.module_path}: module called sys.exit({error.code!r}) at '
+        'import; a submission must not exit',
+      )
+    except BaseException as error:  # noqa: BLE001 (any import failure)
       return Report(
         located,
         target or 'v0.6',

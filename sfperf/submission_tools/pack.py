@@ -25,12 +25,14 @@ import sys
 import tempfile
 from typing import NamedTuple, Optional
 
-from sfperf.fsutil import move_aside
+from sfperf.fsutil import default_mode, move_aside
+from sfperf.submission_tools import check as check_module
 from sfperf.submission_tools.common import (
   RULESET_FOLDERS,
   SEARCH_SPACE_FILE,
   Located,
   find_search_space,
+  locate,
   project_root,
 )
 
@@ -80,6 +82,14 @@ class PackError(ValueError):
   """The submission cannot be packed; the message says what and why."""
 
 
+class PackCheckError(PackError):
+  """The packed copy failed `sfperf check`; nothing was written to OUTDIR."""
+
+  def __init__(self, message: str, report: 'check_module.Report') -> None:
+    super().__init__(message)
+    self.report = report
+
+
 class PackResult(NamedTuple):
   """What `pack_submission` wrote."""
 
@@ -90,6 +100,7 @@ class PackResult(NamedTuple):
   requirements: tuple[str, ...]  # pinned lines of requirements.txt
   todos: tuple[str, ...]  # what the user must still fill in
   moved_aside: Optional[str]  # where an existing OUTDIR went (--overwrite)
+  report: Optional['check_module.Report'] = None  # the packed copy's check
 
 
 # -- Following and rewriting sfperf imports ----------------------------------
@@ -191,7 +202,14 @@ def _scan(
   module_name: str, source: str, path: str, is_package: bool
 ) -> tuple[list[_Edit], set[str]]:
   """The import rewrites one file needs and the sfperf modules it uses."""
-  tree = ast.parse(source, filename=path)
+  try:
+    tree = ast.parse(source, filename=path)
+  except SyntaxError as error:
+    where = f'{path}:{error.lineno}' if error.lineno else path
+    raise PackError(
+      f'{where}: does not parse (SyntaxError: {error.msg}); fix the module '
+      'and pack again'
+    ) from None
   edits, needed = [], set()
   for node in ast.walk(tree):
     where = f'{path}:{getattr(node, "lineno", "?")}'
@@ -354,8 +372,13 @@ def vendor(module_path: str, api: str) -> tuple[str, dict[str, str]]:
   Raises:
     PackError: if an import cannot be followed or vendored.
   """
-  with open(module_path, encoding='utf-8') as handle:
-    submission_source = handle.read()
+  try:
+    with open(module_path, encoding='utf-8') as handle:
+      submission_source = handle.read()
+  except UnicodeDecodeError:
+    raise PackError(
+      f'{module_path}: not UTF-8 text; save it as UTF-8'
+    ) from None
   scans = {}
   sources = {}
   edits, pending = _scan('submission', submission_source, module_path, False)
@@ -511,6 +534,7 @@ def pack_submission(
   search_space: Optional[str] = None,
   info: Optional[dict[str, Optional[str]]] = None,
   overwrite: bool = False,
+  verify: bool = True,
 ) -> PackResult:
   """Writes `outdir/submissions/<ruleset>/<name>/` for a leaderboard PR.
 
@@ -526,10 +550,14 @@ def pack_submission(
       get defaults and a TODO marker.
     overwrite: move an existing, non-empty `outdir` aside (to
       `<outdir>.old-<time>`) instead of refusing.
+    verify: run `sfperf check` on the packed copy for `api` before it is
+      moved into place; a failing copy is discarded.
 
   Raises:
-    PackError: on an unknown API or ruleset, a missing search space, an
-      import that cannot be vendored, or an existing `outdir`.
+    PackError: on an unknown API or ruleset, a missing search space, a
+      module that does not parse, an import that cannot be vendored, or an
+      existing `outdir`; `PackCheckError` when the packed copy fails its
+      check. `outdir` is left as it was.
   """
   if api not in API_PACKAGES:
     raise PackError(f'unknown API version {api!r}; use v0.5 or v0.6')
@@ -616,8 +644,13 @@ def pack_submission(
 
   parent = os.path.dirname(outdir)
   os.makedirs(parent, exist_ok=True)
+  # Everything is built and checked in a scratch folder beside OUTDIR, so a
+  # failed pack leaves OUTDIR as it was and the next try needs no
+  # --overwrite; only a passing copy is renamed into place.
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(outdir)}.', dir=parent)
   try:
+    # mkdtemp makes a private 0700 folder; the result is an ordinary one.
+    os.chmod(staging, default_mode(0o777))
     folder = os.path.join(staging, *relative_folder.split('/'))
     os.makedirs(folder)
     for file_name, text in outputs.items():
@@ -631,6 +664,7 @@ def pack_submission(
       os.path.join(staging, 'PULL_REQUEST_BODY.md'), 'w', encoding='utf-8'
     ) as handle:
       handle.write(_pull_request_body(fields, todo_notes))
+    report = _check_packed(located, folder, api) if verify else None
     moved_aside = None
     if os.path.isdir(outdir) and not os.listdir(outdir):
       os.rmdir(outdir)
@@ -641,13 +675,16 @@ def pack_submission(
     shutil.rmtree(staging, ignore_errors=True)
     raise
 
+  submission_folder = os.path.join(outdir, *relative_folder.split('/'))
+  if report is not None:
+    report = report._replace(located=locate(submission_folder))
   todos = [
     f'submission_info.yml {key}: {note}' for key, note in todo_notes.items()
   ]
   todos += [f'requirements.txt: pin {name}' for name in unknown]
   return PackResult(
     outdir=outdir,
-    submission_folder=os.path.join(outdir, *relative_folder.split('/')),
+    submission_folder=submission_folder,
     files=tuple(
       sorted([*outputs, *([SEARCH_SPACE_FILE] if space_path else [])])
     ),
@@ -655,6 +692,29 @@ def pack_submission(
     requirements=tuple(pins),
     todos=tuple(todos),
     moved_aside=moved_aside,
+    report=report,
+  )
+
+
+def _check_packed(located: Located, folder: str, api: str):
+  """`sfperf check` of the packed copy in `folder`, as it will be submitted.
+
+  Raises:
+    PackCheckError: the copy does not import or is not compatible with `api`.
+  """
+  report = check_module.check_submission(locate(folder), api)
+  if report.ok:
+    return report
+  if report.import_error is not None:
+    # The scratch folder's path means nothing to the user; name the file.
+    reason = report.import_error.replace(folder + os.sep, '')
+  else:
+    reason = '; '.join(report.reasons(api))
+  raise PackCheckError(
+    f'the packed copy of {located.module_path} fails sfperf check for '
+    f'{api} ({reason}); fix the submission and pack again (nothing was '
+    'written)',
+    report,
   )
 
 

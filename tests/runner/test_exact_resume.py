@@ -46,8 +46,12 @@ SUBMISSIONS = {
 }
 
 
-class _Killed(Exception):
-  """Stands in for a SIGKILL: nothing after it is written."""
+class _Killed(BaseException):
+  """Stands in for a SIGKILL: nothing after it is written.
+
+  A BaseException, as KeyboardInterrupt is, so that the runner does not
+  take it for an error of the submission's code (which draws the batch).
+  """
 
 
 def _train(root, name, max_global_steps, resume=False, rng_seed=0):

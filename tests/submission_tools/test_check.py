@@ -242,6 +242,36 @@ def test_import_error_is_one_line(tmp_path, capsys):
   assert 'sfperf_no_such_module' in out
 
 
+@pytest.mark.parametrize(
+  'tail, message',
+  [
+    ('sys.exit(7)', 'module called sys.exit(7) at import'),
+    ('raise SystemExit("bye")', "module called sys.exit('bye') at import"),
+    (
+      'class Stop(BaseException):\n  pass\nraise Stop("no")',
+      'does not import: Stop: no',
+    ),
+  ],
+)
+def test_exit_at_import_is_one_fail_line(tmp_path, capsys, tail, message):
+  folder = _write(tmp_path, 'import sys\n' + _module() + tail + '\n')
+
+  code, out = _run(capsys, folder)
+
+  assert code == 2
+  assert out.count('\n') == 1
+  assert out.startswith('FAIL import:')
+  assert message in out
+
+
+def test_check_writes_no_bytecode(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr('sys.dont_write_bytecode', False)
+  folder = _write(tmp_path, _module())
+
+  assert _run(capsys, folder)[0] == 0
+  assert sorted(os.listdir(folder)) == ['submission.py']
+
+
 def test_self_tuning_with_search_space_fails(tmp_path, capsys):
   folder = _write(tmp_path, _module())
   (folder / 'tuning_search_space.json').write_text('[{"learning_rate": 1}]')

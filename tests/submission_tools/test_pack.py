@@ -15,7 +15,12 @@ from sfperf import cli
 from sfperf.api import standin
 from sfperf.submission_tools import check
 from sfperf.submission_tools.common import locate
-from sfperf.submission_tools.pack import PackError, pack_submission
+from sfperf.submission_tools.pack import (
+  PackCheckError,
+  PackError,
+  pack_submission,
+)
+from tests.submission_tools.test_check import _module
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 SELF_TUNING = os.path.join(REPO, 'submissions/self_tuning/schedule_free_adamw')
@@ -288,7 +293,8 @@ def test_third_party_imports_are_pinned(tmp_path):
     """,
   )
 
-  result = pack_submission(located, str(tmp_path / 'out'))
+  # Imports only, no API functions: nothing to check.
+  result = pack_submission(located, str(tmp_path / 'out'), verify=False)
 
   version = importlib.metadata.version('schedulefree')
   assert result.requirements == (f'schedulefree=={version}',)
@@ -296,3 +302,116 @@ def test_third_party_imports_are_pinned(tmp_path):
   assert 'from . import schedule_free_v1 as sf' in (
     (folder / 'submission.py').read_text()
   )
+
+
+# -- A failed pack leaves nothing behind --------------------------------------
+
+
+def _pack_cli(capsys, located, outdir, *flags):
+  code = cli.main(['sfperf', 'pack', located.folder, str(outdir), *flags])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def _one_line(err):
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert 'Traceback' not in err
+  return lines[0]
+
+
+def _only(parent, *names):
+  """The parent holds exactly `names`: no scratch folder was left behind."""
+  assert sorted(os.listdir(parent)) == sorted(names)
+
+
+def test_syntax_error_is_one_line(tmp_path, capsys):
+  located = _tmp_submission(tmp_path, _module() + 'def broken(:\n')
+
+  code, out, err = _pack_cli(capsys, located, tmp_path / 'out')
+
+  assert code == 2
+  line = _one_line(err)
+  assert 'submission.py:' in line and 'SyntaxError' in line
+  assert out == ''
+  _only(tmp_path, 'src')
+
+
+@pytest.mark.parametrize(
+  'source, message',
+  [
+    (
+      'import sys\n' + _module() + 'sys.exit(7)\n',
+      'module called sys.exit(7) at import',
+    ),
+    (_module(data=''), 'data_selection: missing'),
+    (
+      _module() + 'raise RuntimeError("needs a GPU")\n',
+      'RuntimeError: needs a GPU',
+    ),
+  ],
+  ids=['sys_exit', 'missing_data_selection', 'raises'],
+)
+def test_failed_check_of_packed_copy_writes_nothing(
+  tmp_path, capsys, source, message
+):
+  located = _tmp_submission(tmp_path, source)
+
+  code, _, err = _pack_cli(capsys, located, tmp_path / 'out')
+
+  assert code == 2
+  line = _one_line(err)
+  assert message in line
+  assert 'fails sfperf check for v0.6' in line
+  assert '.out.' not in line  # the scratch folder is not named
+  _only(tmp_path, 'src')
+  with pytest.raises(PackCheckError) as raised:
+    pack_submission(located, str(tmp_path / 'out'))
+  assert not raised.value.report.ok
+
+
+def test_failed_overwrite_keeps_the_old_outdir(tmp_path, capsys):
+  outdir = tmp_path / 'out'
+  outdir.mkdir()
+  (outdir / 'keep.txt').write_text('mine')
+  located = _tmp_submission(tmp_path, _module(data=''))
+
+  code, _, err = _pack_cli(capsys, located, outdir, '--overwrite')
+
+  assert code == 2
+  assert 'data_selection' in _one_line(err)
+  assert os.listdir(outdir) == ['keep.txt']
+  _only(tmp_path, 'src', 'out')
+
+
+def test_fixed_submission_packs_without_overwrite(tmp_path, capsys):
+  located = _tmp_submission(tmp_path, _module(data=''))
+  assert _pack_cli(capsys, located, tmp_path / 'out')[0] == 2
+
+  with open(located.module_path, 'w', encoding='utf-8') as handle:
+    handle.write(_module())
+  code, out, err = _pack_cli(capsys, located, tmp_path / 'out')
+
+  assert code == 0, err
+  assert 'compatible with v0.6: yes' in out
+  _only(tmp_path, 'src', 'out')
+
+
+def test_outdir_gets_the_umask_mode(tmp_path):
+  previous = os.umask(0o022)
+  try:
+    result = pack_submission(
+      _tmp_submission(tmp_path, _module()), str(tmp_path / 'out')
+    )
+  finally:
+    os.umask(previous)
+
+  def mode(path):
+    return os.stat(path).st_mode & 0o777
+
+  assert mode(result.outdir) == 0o755
+  assert mode(result.submission_folder) == 0o755
+  assert mode(os.path.join(result.submission_folder, 'submission.py')) == (
+    0o644
+  )
+  assert '__pycache__' not in os.listdir(result.submission_folder)
