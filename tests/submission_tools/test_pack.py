@@ -148,6 +148,7 @@ def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
   assert files == [
     '__init__.py',
     'divergence_reset.py',
+    'entry_2024.py',
     'requirements.txt',
     'schedule_free_v1.py',
     'submission.py',
@@ -230,6 +231,7 @@ def test_external_v05_pack(tmp_path):
   assert 'from algorithmic_efficiency import spec' in source
   assert 'from .schedule_free_v1 import ScheduleFreeAdamWV1' in source
   assert result.vendored == (
+    'sfperf.entry_2024',
     'sfperf.optim.schedule_free_v1',
     'sfperf.submission_utils',
     'sfperf.torch_submission_utils',

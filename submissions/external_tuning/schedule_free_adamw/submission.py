@@ -27,7 +27,7 @@ then left out, since the v0.5 runner applies the rate itself.
 
 from typing import Any
 
-from sfperf import submission_utils
+from sfperf import entry_2024, submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamWV1
 from sfperf.submission_utils import dropout_rate_of, model_fn_takes_dropout
@@ -35,29 +35,14 @@ from sfperf.torch_submission_utils import closure_step
 
 # Averaging weights w_k = (k + 1)^r * lr_max^weight_lr_power; the published
 # class's defaults (see the module docstring).
-AVERAGING_POWER_R = 0.75
-WEIGHT_LR_POWER = 2
-EPS = 1e-8
+AVERAGING_POWER_R = entry_2024.EXTERNAL_AVERAGING_POWER_R
+WEIGHT_LR_POWER = entry_2024.EXTERNAL_WEIGHT_LR_POWER
+EPS = entry_2024.EPS
 
 # Used when a search space point has no label_smoothing.
 DEFAULT_LABEL_SMOOTHING = 0.0
 
-# The self-tuning entry's table, written out so that this file shows it (a
-# test holds the two equal).
-_BATCH_SIZES = {
-  'criteo1tb': 262_144,
-  'fastmri': 16,
-  'imagenet_resnet': 1024,
-  'imagenet_vit': 1024,
-  'librispeech_conformer': 224,
-  'librispeech_deepspeech': 128,
-  'ogbg': 512,
-  'wmt': 128,
-  # Local proxy workloads fall back to this entry through the runner.
-  'mnist': 16,
-  'imagenet_resnet_gelu': 512,
-  'imagenet_resnet_silu': 512,
-}
+_BATCH_SIZES = entry_2024.BATCH_SIZES
 
 
 def get_batch_size(workload_name: str) -> int:

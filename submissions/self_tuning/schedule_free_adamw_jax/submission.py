@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from sfperf import jax_submission_utils, submission_utils
+from sfperf import entry_2024, jax_submission_utils, submission_utils
 from sfperf.api import spec
 from sfperf.divergence_reset import should_reset
 from sfperf.jax_submission_utils import (
@@ -35,37 +35,12 @@ from sfperf.jax_submission_utils import (
   check_batch_divisible,
 )
 
-HPARAMS = {
-  'learning_rate': 0.0025,
-  'one_minus_beta1': 0.1,
-  'beta2': 0.9955159689799007,
-  'weight_decay': 0.08121616522670176,
-  'warmup_factor': 0.02,
-  'weight_lr_power': 2,
-  'label_smoothing': 0.2,
-  'r': 0.75,
-}
-EPS = 1e-8
+HPARAMS = entry_2024.SELF_TUNING_HPARAMS
+EPS = entry_2024.EPS
 
-# The entry warms up over warmup_factor * step_hint * 0.75 steps.
-WARMUP_STEP_HINT_FRACTION = 0.75
+WARMUP_STEP_HINT_FRACTION = entry_2024.SELF_TUNING_WARMUP_STEP_HINT_FRACTION
 
-# The PyTorch entry's table, written out so that this file shows it (a test
-# holds the two equal).
-_BATCH_SIZES = {
-  'criteo1tb': 262_144,
-  'fastmri': 16,
-  'imagenet_resnet': 1024,
-  'imagenet_vit': 1024,
-  'librispeech_conformer': 224,
-  'librispeech_deepspeech': 128,
-  'ogbg': 512,
-  'wmt': 128,
-  # Local proxy workloads fall back to this entry through the runner.
-  'mnist': 16,
-  'imagenet_resnet_gelu': 512,
-  'imagenet_resnet_silu': 512,
-}
+_BATCH_SIZES = entry_2024.BATCH_SIZES
 
 
 def get_batch_size(workload_name: str) -> int:
