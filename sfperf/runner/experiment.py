@@ -125,11 +125,21 @@ def resolve_eval_batch_size(submission, workload_name: str, workload) -> int:
 
 
 def _device_count() -> int:
+  """Devices a PyTorch batch is split over: the visible GPUs, or the CPU."""
   return max(torch.cuda.device_count(), 1)
 
 
-def _check_divisible(name: str, batch_size: int) -> None:
-  devices = _device_count()
+def _jax_device_count() -> int:
+  """Devices a JAX batch is sharded over: all local devices (v0.6)."""
+  import jax
+
+  return jax.local_device_count()
+
+
+def _check_divisible(
+  name: str, batch_size: int, framework: str = 'pytorch'
+) -> None:
+  devices = _jax_device_count() if framework == 'jax' else _device_count()
   if batch_size % devices:
     raise UsageError(
       f'{name} {batch_size} is not divisible by the number of devices '
@@ -247,7 +257,8 @@ def run(
     workload: a workload the local runner knows (e.g. 'digits').
     experiment_dir: root of all experiments.
     experiment_name: subdirectory of `experiment_dir` for this experiment.
-    framework: 'pytorch'; 'jax' is not supported by the local runner yet.
+    framework: 'pytorch' or 'jax'; the workload and the submission must be
+      of that framework (for 'jax', workloads with a JAX version: digits).
     tuning_ruleset: 'external' (needs `tuning_search_space`) or 'self'.
     tuning_search_space: search space JSON file (external only), a list of
       points or a dict of dimensions sampled with a Halton sequence.
@@ -270,9 +281,10 @@ def run(
     stop_at_targets: stop a trial when both targets are reached (official);
       False trains to the budget, as target setting needs.
     torch_num_threads: PyTorch intra-op CPU threads for the run (None leaves
-      torch's default). One thread is the fastest for the small proxy
-      models, and steadier: with several threads, any other load on the
-      cores slows the spinning thread pool down many times over.
+      torch's default; a JAX run leaves torch alone). One thread is the
+      fastest for the small proxy models, and steadier: with several
+      threads, any other load on the cores slows the spinning thread pool
+      down many times over.
     hparam_start_index: train only the trials from this 0-based index on
       (external only); trial index i still writes `trial_<i+1>`. A second
       slice of the same experiment adds its trials beside the first's
@@ -298,10 +310,6 @@ def run(
     raise UsageError(
       f'unknown framework {framework!r}; choose one of {", ".join(FRAMEWORKS)}'
     )
-  if framework == 'jax':
-    raise UsageError(
-      'framework jax is not yet supported by the local runner; use pytorch'
-    )
   if tuning_ruleset not in TUNING_RULESETS:
     raise UsageError(
       f'unknown tuning ruleset {tuning_ruleset!r}; choose external or self'
@@ -315,8 +323,9 @@ def run(
   _check_trial_slice(hparam_start_index, hparam_end_index, self_tuning)
   rules_catalog = catalog.load_catalog(benchmark)
 
-  workload_obj = loading.make_workload(workload)
+  workload_obj = loading.make_workload(workload, framework)
   submission = loading.load_submission(submission_path)
+  loading.check_submission_framework(submission, framework)
   if self_tuning:
     if tuning_search_space:
       raise UsageError(
@@ -341,8 +350,8 @@ def run(
   global_eval_batch_size = resolve_eval_batch_size(
     submission, workload, workload_obj
   )
-  _check_divisible('global batch size', global_batch_size)
-  _check_divisible('eval batch size', global_eval_batch_size)
+  _check_divisible('global batch size', global_batch_size, framework)
+  _check_divisible('eval batch size', global_eval_batch_size, framework)
 
   if budget_factor is None:
     budget_factor = (
@@ -372,6 +381,7 @@ def run(
         submission,
         max_global_steps,
         stop_at_targets,
+        framework,
       )
       for index, _ in trials
     }
@@ -383,7 +393,7 @@ def run(
       f'it or --overwrite to move it aside to {BACKUP_DIR}/'
     )
   _warn_unused_hooks(submission, rules_catalog)
-  if torch_num_threads:
+  if torch_num_threads and framework == 'pytorch':
     torch.set_num_threads(torch_num_threads)
   if overwrite and os.path.exists(workload_dir):
     backup = _move_aside(workload_dir)
@@ -443,6 +453,7 @@ def run(
         save_intermediate_checkpoints=save_intermediate_checkpoints,
         resume_from=resume_from,
         hyperparameters_source=hyperparameters_source,
+        framework=framework,
       )
     )
   return results
@@ -511,6 +522,7 @@ def _resume_point(
   submission,
   max_global_steps: Optional[int],
   stop_at_targets: bool,
+  framework: str = 'pytorch',
 ) -> Any:
   """How to resume one trial: `_FINISHED`, None (afresh) or (path, payload).
 
@@ -525,8 +537,9 @@ def _resume_point(
     return None
   if not os.path.isdir(trial_dir):
     raise UsageError(f'{trial_dir} is a file, not a trial directory')
+  checkpoints = training.framework_parts(framework)[1]
   try:
-    found = checkpoint.latest_readable_checkpoint(trial_dir)
+    found = checkpoints.latest_readable_checkpoint(trial_dir)
   except checkpoint.CheckpointError as e:
     raise UsageError(str(e)) from None
   _check_same_submission(

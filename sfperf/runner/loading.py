@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import types
 from typing import Any, List, Optional
 
 from absl import logging
@@ -22,21 +23,82 @@ REPO_ROOT = os.path.dirname(
 WORKLOADS = {
   'digits': ('workloads.digits', 'DigitsWorkload'),
 }
+# Their JAX versions, for --framework=jax: name -> (module, class). Logs of
+# both land under the same workload name (`digits_jax`, `digits_pytorch`),
+# and the scorer reads both against the same catalog targets.
+JAX_WORKLOADS = {
+  'digits': ('workloads.digits.workload_jax', 'DigitsJaxWorkload'),
+}
 
 
 class UsageError(ValueError):
   """A user input (flag, path, file) is wrong; the message says which."""
 
 
-def make_workload(name: str):
-  """Instantiates a registered workload by name."""
-  if name not in WORKLOADS:
+def make_workload(name: str, framework: str = 'pytorch'):
+  """Instantiates a registered workload by name, in `framework`."""
+  registry = JAX_WORKLOADS if framework == 'jax' else WORKLOADS
+  if name not in registry:
     raise UsageError(
-      f'unknown workload {name!r}; the local runner knows: '
-      f'{", ".join(sorted(WORKLOADS))}'
+      f'unknown workload {name!r} for framework {framework}; the local '
+      f'runner knows: {", ".join(sorted(registry))}'
     )
-  module_name, class_name = WORKLOADS[name]
+  module_name, class_name = registry[name]
   return getattr(importlib.import_module(module_name), class_name)()
+
+
+# Top-level packages that mark a module as PyTorch or JAX code.
+_FRAMEWORK_PACKAGES = {
+  'torch': 'pytorch',
+  'jax': 'jax',
+  'jaxlib': 'jax',
+  'optax': 'jax',
+  'flax': 'jax',
+}
+
+
+def _frameworks_used(module, depth: int = 2) -> set:
+  """Frameworks whose modules `module` (and what it imports) refers to.
+
+  Looks at the module's globals: modules, and the modules that functions
+  and classes come from; for this project's helper modules (e.g.
+  `sfperf.torch_submission_utils`) it looks one level further.
+  """
+  found = set()
+  for value in list(vars(module).values()):
+    if isinstance(value, types.ModuleType):
+      name = value.__name__
+    else:
+      name = getattr(value, '__module__', None)
+      if not isinstance(name, str):
+        continue
+    framework = _FRAMEWORK_PACKAGES.get(name.split('.')[0])
+    if framework:
+      found.add(framework)
+    elif depth > 1 and name.split('.')[0] == 'sfperf':
+      imported = sys.modules.get(name)
+      if imported is not None and imported is not module:
+        found |= _frameworks_used(imported, depth - 1)
+  return found
+
+
+def check_submission_framework(submission, framework: str) -> None:
+  """UsageError when the submission is plainly of the other framework.
+
+  A submission that uses torch and not jax cannot train a JAX workload,
+  and the other way round; one that uses both or neither is let through.
+  """
+  used = _frameworks_used(submission)
+  if len(used) != 1 or framework in used:
+    return
+  (other,) = used
+  path = getattr(submission, '__file__', None) or submission.__name__
+  names = {'pytorch': 'PyTorch', 'jax': 'JAX'}
+  raise UsageError(
+    f'{os.path.relpath(path)} is a {names[other]} submission (it uses '
+    f'{"torch" if other == "pytorch" else "jax"}); run it with '
+    f'--framework={other}, or pass a {names[framework]} submission'
+  )
 
 
 def known_submissions() -> List[str]:

@@ -184,17 +184,26 @@ def workload_properties(workload) -> Dict[str, Any]:
   return properties
 
 
-def meta_data(workload, rng_seed: int) -> Dict[str, Any]:
+def meta_data(
+  workload, rng_seed: int, framework: str = 'pytorch'
+) -> Dict[str, Any]:
   """The meta_data_<k>.json dict: workload properties, platform, seed.
 
   The official file also records CPU/memory/disk/network utilization and
   per-GPU statistics through psutil and nvidia-smi; this CPU runner records
-  the platform identity fields only.
+  the platform identity fields only. A JAX trial also records jax's version
+  and its devices (`jax_devices`).
   """
   import torch
 
   data = workload_properties(workload)
   gpu_count = torch.cuda.device_count()
+  if framework == 'jax':
+    import jax
+
+    gpu_count = len(jax.devices('gpu')) if _jax_has_gpu() else 0
+    data['jax_version'] = jax.__version__
+    data['jax_devices'] = [str(device) for device in jax.local_devices()]
   data.update(
     {
       'os_platform': platform.platform(),
@@ -204,9 +213,7 @@ def meta_data(workload, rng_seed: int) -> Dict[str, Any]:
       'git_commit_hash': _git('rev-parse', 'HEAD'),
       'cpu_model_name': _cpu_model_name(),
       'cpu_count': os.cpu_count(),
-      'gpu_model_name': (
-        torch.cuda.get_device_name(0) if gpu_count else 'none'
-      ),
+      'gpu_model_name': _gpu_model_name(framework, gpu_count),
       'gpu_count': gpu_count,
       'torch_version': torch.__version__,
       'argv': ' '.join(sys.argv),
@@ -214,3 +221,24 @@ def meta_data(workload, rng_seed: int) -> Dict[str, Any]:
     }
   )
   return data
+
+
+def _jax_has_gpu() -> bool:
+  import jax
+
+  try:
+    return bool(jax.devices('gpu'))
+  except RuntimeError:  # no GPU backend
+    return False
+
+
+def _gpu_model_name(framework: str, gpu_count: int) -> str:
+  if not gpu_count:
+    return 'none'
+  if framework == 'jax':
+    import jax
+
+    return jax.devices('gpu')[0].device_kind
+  import torch
+
+  return torch.cuda.get_device_name(0)

@@ -11,6 +11,18 @@ where it stopped: the checkpoint records how many batches were drawn, and
 setup rebuilds the input queue from the trial's data rng and skips that
 many (untimed), so a resumed run takes the same steps, bit for bit, as an
 uninterrupted one, as long as evals do not change training.
+
+JAX trials (`framework='jax'`) take their keys from `jax.random`
+(`jax_prng`) and checkpoint through `jax_trial_checkpoint`. JAX dispatches
+work asynchronously, and the official runner's JAX path never waits for the
+device at step boundaries: its clock reads only the host's dispatch time,
+and queued work surfaces wherever the host next blocks, often inside the
+untimed eval. This runner does not sync every step either, but it blocks
+(`jax.block_until_ready` on the parameters, model and optimizer state)
+before it reads the clock at the end of a step after which it evaluates,
+checks the budget or stops, and at the end of `prepare_for_eval`; so the
+wait for queued steps is charged to the submission, not to the eval, and
+every time it logs covers the work done.
 """
 
 import collections
@@ -288,6 +300,40 @@ def get_time() -> float:
   return time.time()
 
 
+def _block_jax(tree: Any) -> None:
+  import jax
+
+  jax.block_until_ready(tree)
+
+
+def framework_parts(framework: str) -> Tuple[Any, Any, Any]:
+  """(keys module, checkpoint module, device sync or None) of a framework."""
+  if framework == 'jax':
+    from sfperf.runner import jax_prng, jax_trial_checkpoint
+
+    jax_prng.configure()
+    return jax_prng, jax_trial_checkpoint, _block_jax
+  return prng, checkpoint, None
+
+
+def _clock_decides(
+  train_state: Dict[str, Any], rules: Rules, workload, now: float
+) -> bool:
+  """Whether the time read at the end of this step decides anything.
+
+  True when the step ends training, is due an eval (v0.6 checks the budget
+  there), or, under v0.5 rules, may cross the budget checked every step.
+  """
+  if train_state['training_complete']:
+    return True
+  if now - train_state['last_eval_time'] >= workload.eval_period_time_sec:
+    return True
+  elapsed = train_state['accumulated_submission_time'] + (
+    now - train_state['last_step_end_time']
+  )
+  return rules.budget_checked_every_step and elapsed >= rules.budget_sec
+
+
 def _fresh_train_state() -> Dict[str, Any]:
   return {
     'validation_goal_reached': False,
@@ -320,6 +366,7 @@ def train_once(
   save_intermediate_checkpoints: bool = True,
   resume_from: Any = LATEST,
   hyperparameters_source: Optional[str] = None,
+  framework: str = 'pytorch',
 ) -> TrialResult:
   """Trains one trial into `trial_dir`, resuming from a checkpoint.
 
@@ -328,21 +375,24 @@ def train_once(
   `checkpoint.latest_readable_checkpoint` returned.
   `hyperparameters_source` names the file the hyperparameters came from,
   for the message when the submission reads one they lack.
+  `framework` ('pytorch' or 'jax') picks the keys, the checkpoint format
+  and the device syncs (see the module docstring).
 
   Raises:
     SubmissionError: the submission's code raised; the trial directory
       keeps what was written up to then.
   """
+  keys, checkpoints, block = framework_parts(framework)
   if resume_from is LATEST:
-    resume_from = checkpoint.latest_readable_checkpoint(trial_dir)
+    resume_from = checkpoints.latest_readable_checkpoint(trial_dir)
   os.makedirs(trial_dir, exist_ok=True)
-  rng = prng.prng_key(rng_seed)
+  rng = keys.prng_key(rng_seed)
   if resume_from is not None:
     # The trial's own keys, even when this run drew a fresh seed: the data
     # order and the model init must be those of the interrupted run.
     rng_seed = resume_from[1].get('extra', {}).get(RNG_SEED_KEY, rng_seed)
     rng = resume_from[1]['rng']
-  data_rng, model_rng, opt_rng = prng.split(rng, 3)
+  data_rng, model_rng, opt_rng = keys.split(rng, 3)
   input_queue = CountingQueue(
     workload._build_input_queue(
       data_rng, 'train', data_dir=data_dir, global_batch_size=global_batch_size
@@ -391,9 +441,15 @@ def train_once(
       BATCHES_DRAWN_KEY, payload['global_step']
     )
     _skip_batches(input_queue, batches_drawn)
-    restored = checkpoint.restore_checkpoint(
-      latest, optimizer_state, model_params, payload
-    )
+    if framework == 'jax':
+      restored = checkpoints.restore_checkpoint(
+        latest, optimizer_state, model_params, model_state, payload
+      )
+      model_params = restored['model_params']
+    else:
+      restored = checkpoint.restore_checkpoint(
+        latest, optimizer_state, model_params, payload
+      )
     optimizer_state = restored['optimizer_state']
     model_state = restored['model_state']
     train_state.update(restored['train_state'])
@@ -413,7 +469,7 @@ def train_once(
 
   logs.write_json(
     os.path.join(trial_dir, f'meta_data_{preemption_count}.json'),
-    logs.meta_data(workload, rng_seed),
+    logs.meta_data(workload, rng_seed, framework),
   )
   logs.write_json(
     os.path.join(trial_dir, f'flags_{preemption_count}.json'), flag_values
@@ -425,7 +481,7 @@ def train_once(
 
   def save(step: int) -> None:
     if save_checkpoints:
-      checkpoint.save_checkpoint(
+      checkpoints.save_checkpoint(
         trial_dir,
         optimizer_state=optimizer_state,
         model_params=model_params,
@@ -454,8 +510,8 @@ def train_once(
     and not goals_reached
     and not train_state['training_complete']
   ):
-    step_rng = prng.fold_in(rng, global_step)
-    data_select_rng, update_rng, prep_eval_rng, eval_rng = prng.split(
+    step_rng = keys.fold_in(rng, global_step)
+    data_select_rng, update_rng, prep_eval_rng, eval_rng = keys.split(
       step_rng, 4
     )
     with submission_call('data_selection', global_step, preemption_count):
@@ -496,6 +552,11 @@ def train_once(
       stopped_by_step_limit = True
 
     step_end_time = get_time()
+    if block is not None and _clock_decides(
+      train_state, rules, workload, step_end_time
+    ):
+      block((optimizer_state, model_params, model_state))
+      step_end_time = get_time()
     train_state['accumulated_submission_time'] += (
       step_end_time - train_state['last_step_end_time']
     )
@@ -524,6 +585,8 @@ def train_once(
             global_step=global_step,
             rng=prep_eval_rng,
           )
+        if block is not None:
+          block((optimizer_state, model_params, model_state))
         train_state['accumulated_submission_time'] += get_time() - prepare_start
       # v0.6 checks the budget here, after prepare_for_eval, and skips the
       # eval when it is spent. v0.5 checked every step and still ran the

@@ -240,7 +240,7 @@ def test_train_state_only_when_requested(tmp_path, wants_train_state):
   [
     ('--workload=imagenet_resnet', 'imagenet_resnet'),
     ('--submission_path=submissions/nope.py', 'submissions/nope.py'),
-    ('--framework=jax', 'not yet supported'),
+    ('--framework=jax', 'is a PyTorch submission'),
   ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, flag, named):

@@ -15,12 +15,11 @@ target set near the top of the baseline's range stays reachable.
 Inputs are scaled by the training split's pixel mean and standard deviation.
 Targets, budget, step hint and eval period are read from
 `workloads/catalog/proxy.json`; see `workloads/digits/TARGET.md` for how the
-targets were set.
+targets were set. The data code (split, normalization, batch order) lives
+in `base.py`, shared with the JAX version in `workload_jax.py`.
 """
 
-import functools
 import itertools
-import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -29,58 +28,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfperf.api import spec
-from sfperf.catalog import CATALOG_DIR, WorkloadSpec, load_catalog_file
-
-SPLIT_SEED = 0
-NUM_TEST = 600
-NUM_VALIDATION = 600
-NUM_CLASSES = 10
-# Most AlgoPerf workloads default to no dropout; submissions pass their own
-# rate to `model_fn` (v0.6 rule).
-DROPOUT_RATE = 0.0
-
-
-@functools.cache
-def _catalog_entry() -> WorkloadSpec:
-  path = os.path.join(CATALOG_DIR, 'proxy.json')
-  return load_catalog_file(path).workload('digits')
-
-
-@functools.cache
-def split_indices() -> Dict[str, np.ndarray]:
-  """Row indices into `load_digits()` of each split, stratified by class."""
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-
-  labels = load_digits().target
-  everything = np.arange(len(labels))
-  rest, test = train_test_split(
-    everything,
-    test_size=NUM_TEST,
-    stratify=labels,
-    random_state=SPLIT_SEED,
-  )
-  train, validation = train_test_split(
-    rest,
-    test_size=NUM_VALIDATION,
-    stratify=labels[rest],
-    random_state=SPLIT_SEED,
-  )
-  return {'train': train, 'validation': validation, 'test': test}
-
-
-@functools.cache
-def load_splits() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-  """Returns {split: (images float32 [n, 8, 8], labels int64 [n])}, raw."""
-  from sklearn.datasets import load_digits
-
-  digits = load_digits()
-  images = digits.images.astype(np.float32)
-  labels = digits.target.astype(np.int64)
-  return {
-    name: (images[index], labels[index])
-    for name, index in split_indices().items()
-  }
+from workloads.digits.base import (  # noqa: F401 (re-exported)
+  DROPOUT_RATE,
+  NUM_CLASSES,
+  NUM_TEST,
+  NUM_VALIDATION,
+  SPLIT_SEED,
+  DigitsBase,
+  load_splits,
+  split_indices,
+  train_batch_indices,
+)
+from workloads.digits.base import check_batch_size as _check_batch_size
 
 
 class DigitsNet(nn.Module):
@@ -129,44 +88,14 @@ def _set_batch_norm_updates(model: nn.Module, update: bool) -> None:
     module.momentum = module.momentum_backup if update else 0.0
 
 
-def _check_batch_size(
-  batch_size: Any, split: str, upper: Optional[int]
-) -> None:
-  """ValueError unless `batch_size` is an int in [1, upper]."""
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-    raise ValueError(
-      f'global_batch_size for split {split!r} must be an int, got '
-      f'{batch_size!r}'
-    )
-  if batch_size < 1:
-    raise ValueError(
-      f'global_batch_size for split {split!r} must be at least 1, got '
-      f'{batch_size}'
-    )
-  if upper is not None and batch_size > upper:
-    raise ValueError(
-      f'global_batch_size {batch_size} is larger than the {upper} examples '
-      f'of split {split!r}; batches are never partial, so use at most '
-      f'{upper}'
-    )
-
-
-class DigitsWorkload(spec.Workload):
+class DigitsWorkload(DigitsBase):
   """AlgoPerf Workload interface over the digits data and `DigitsNet`."""
-
-  # The AlgoPerf workload this proxy stands in for, e.g. when a submission
-  # looks up its batch size by workload name.
-  algoperf_analogue = 'mnist'
 
   def __init__(self, *args, **kwargs) -> None:
     super().__init__(*args, **kwargs)
-    splits = load_splits()
-    train_x = splits['train'][0]
-    self._train_mean = float(train_x.mean())
-    self._train_stddev = float(train_x.std())
     self._data = {
-      name: (self._normalize(x), torch.from_numpy(y))
-      for name, (x, y) in splits.items()
+      name: (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y))
+      for name, (x, y) in self._numpy_data.items()
     }
     train_x, train_y = self._data['train']
     self._data['eval_train'] = (
@@ -174,80 +103,6 @@ class DigitsWorkload(spec.Workload):
       train_y[: self.num_eval_train_examples],
     )
     self._model: Optional[DigitsNet] = None
-
-  def _normalize(self, images: np.ndarray) -> torch.Tensor:
-    scaled = (images - self._train_mean) / self._train_stddev
-    return torch.from_numpy(scaled.astype(np.float32)).unsqueeze(1)
-
-  # Targets and runtime constants: single source is the proxy catalog.
-
-  @property
-  def target_metric_name(self) -> str:
-    return _catalog_entry().target_metric_name
-
-  @property
-  def validation_target_value(self) -> float:
-    return _catalog_entry().validation_target_value
-
-  @property
-  def test_target_value(self) -> float:
-    return _catalog_entry().test_target_value
-
-  @property
-  def max_allowed_runtime_sec(self) -> float:
-    return _catalog_entry().max_allowed_runtime_sec
-
-  @property
-  def eval_period_time_sec(self) -> float:
-    return _catalog_entry().eval_period_time_sec
-
-  @property
-  def step_hint(self) -> int:
-    return _catalog_entry().step_hint
-
-  def has_reached_validation_target(self, eval_result: Dict[str, float]):
-    # Strict `>`, as AlgoPerf's workloads decide when the runner stops; the
-    # official scorer counts `>=` when it reads the logs afterwards.
-    value = eval_result[f'validation/{self.target_metric_name}']
-    return value > self.validation_target_value
-
-  def has_reached_test_target(self, eval_result: Dict[str, float]) -> bool:
-    value = eval_result[f'test/{self.target_metric_name}']
-    return value > self.test_target_value
-
-  # Data.
-
-  @property
-  def loss_type(self) -> spec.LossType:
-    return spec.LossType.SOFTMAX_CROSS_ENTROPY
-
-  @property
-  def num_train_examples(self) -> int:
-    return len(self._data['train'][1])
-
-  @property
-  def eval_batch_size(self) -> int:
-    return 600
-
-  @property
-  def num_eval_train_examples(self) -> int:
-    return min(NUM_VALIDATION, self.num_train_examples)
-
-  @property
-  def num_validation_examples(self) -> int:
-    return NUM_VALIDATION
-
-  @property
-  def num_test_examples(self) -> int:
-    return NUM_TEST
-
-  @property
-  def train_mean(self) -> float:
-    return self._train_mean
-
-  @property
-  def train_stddev(self) -> float:
-    return self._train_stddev
 
   def _build_input_queue(
     self,
@@ -288,13 +143,9 @@ class DigitsWorkload(spec.Workload):
 
   @staticmethod
   def _train_batches(data_rng, inputs, targets, batch_size):
-    seed = np.asarray(data_rng, dtype=np.int64).ravel().tolist()
-    order_rng = np.random.default_rng([s % 2**32 for s in seed])
-    while True:
-      order = torch.from_numpy(order_rng.permutation(len(targets)))
-      for start in range(0, len(order) - batch_size + 1, batch_size):
-        index = order[start : start + batch_size]
-        yield {'inputs': inputs[index], 'targets': targets[index]}
+    for index in train_batch_indices(data_rng, len(targets), batch_size):
+      index = torch.from_numpy(index)
+      yield {'inputs': inputs[index], 'targets': targets[index]}
 
   @staticmethod
   def _eval_batches(inputs, targets, batch_size):
