@@ -1,7 +1,8 @@
 """Save a JAX pytree to one `.npz` file and load it back into a like tree.
 
-The local runner trains PyTorch only; this is the checkpoint format for JAX
-submission state until it trains JAX too. A tree's leaves are stored as raw
+The local runner's JAX checkpoints (sfperf/runner/jax_trial_checkpoint.py)
+store params, model state and optimizer state this way. A tree's leaves are
+stored as raw
 bytes with their dtype names and shapes (so bfloat16, which `.npz` cannot
 name, survives), next to the tree's structure as text; loading needs a tree
 of the same structure (`like`, e.g. a fresh `init_optimizer_state`), whose
