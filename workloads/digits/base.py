@@ -202,3 +202,41 @@ class DigitsBase(spec.Workload):
   @property
   def train_stddev(self) -> float:
     return self._train_stddev
+
+  def _eval_batch(self, params, model_state, batch, rng) -> Tuple:
+    """(summed loss, correct count, valid count) of one eval batch."""
+    raise NotImplementedError
+
+  def _eval_model_on_split(
+    self,
+    split: str,
+    num_examples: int,
+    global_batch_size: int,
+    params: spec.ParameterContainer,
+    model_state: spec.ModelAuxiliaryState,
+    rng: spec.RandomState,
+    data_dir: Optional[str],
+    global_step: int = 0,
+  ) -> Dict[str, float]:
+    """Accuracy and mean cross-entropy over the first `num_examples`."""
+    del global_step
+    if split not in ('eval_train', 'validation', 'test'):
+      raise ValueError(
+        f'split {split!r} cannot be evaluated; choose eval_train, '
+        'validation or test'
+      )
+    batches = self._build_input_queue(
+      rng, split, data_dir, global_batch_size=global_batch_size
+    )
+    total_loss = total_correct = total_count = 0.0
+    for batch in batches:
+      summed, correct, count = self._eval_batch(params, model_state, batch, rng)
+      total_loss += float(summed)
+      total_correct += float(correct)
+      total_count += float(count)
+      if total_count >= num_examples:
+        break
+    return {
+      'accuracy': total_correct / total_count,
+      'loss': total_loss / total_count,
+    }

@@ -240,48 +240,20 @@ class DigitsWorkload(DigitsBase):
       'per_example': per_example,
     }
 
-  def _eval_model_on_split(
-    self,
-    split: str,
-    num_examples: int,
-    global_batch_size: int,
-    params: spec.ParameterContainer,
-    model_state: spec.ModelAuxiliaryState,
-    rng: spec.RandomState,
-    data_dir: Optional[str],
-    global_step: int = 0,
-  ) -> Dict[str, float]:
-    """Accuracy and mean cross-entropy over the first `num_examples`."""
-    del global_step
-    if split not in ('eval_train', 'validation', 'test'):
-      raise ValueError(
-        f'split {split!r} cannot be evaluated; choose eval_train, '
-        'validation or test'
-      )
-    batches = self._build_input_queue(
-      rng, split, data_dir, global_batch_size=global_batch_size
+  def _eval_batch(self, params, model_state, batch, rng):
+    logits, _ = self.model_fn(
+      params,
+      batch,
+      model_state,
+      spec.ForwardPassMode.EVAL,
+      rng,
+      update_batch_norm=False,
     )
-    total_loss = 0.0
-    total_correct = 0.0
-    total_count = 0.0
-    for batch in batches:
-      logits, _ = self.model_fn(
-        params,
-        batch,
-        model_state,
-        spec.ForwardPassMode.EVAL,
-        rng,
-        update_batch_norm=False,
-      )
-      weights = batch['weights']
-      losses = self.loss_fn(batch['targets'], logits, weights)
-      correct = (logits.argmax(dim=-1) == batch['targets']).float()
-      total_loss += float(losses['summed'])
-      total_correct += float((correct * weights).sum())
-      total_count += float(losses['n_valid_examples'])
-      if total_count >= num_examples:
-        break
-    return {
-      'accuracy': total_correct / total_count,
-      'loss': total_loss / total_count,
-    }
+    weights = batch['weights']
+    losses = self.loss_fn(batch['targets'], logits, weights)
+    correct = (logits.argmax(dim=-1) == batch['targets']).float()
+    return (
+      losses['summed'],
+      (correct * weights).sum(),
+      losses['n_valid_examples'],
+    )
