@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from absl import logging
@@ -113,11 +113,21 @@ def latest_readable_checkpoint(
   Raises:
     CheckpointError: checkpoints exist but none of them can be read.
   """
-  paths = checkpoints(trial_dir)
+  return first_readable(checkpoints(trial_dir), read_checkpoint)
+
+
+def first_readable(
+  paths: List[str], read: Callable[[str], Dict[str, Any]]
+) -> Optional[Tuple[str, Dict[str, Any]]]:
+  """The first of `paths` (newest first) that `read` can load, with it.
+
+  Unreadable ones are skipped with a warning; if none can be read, one
+  CheckpointError names them all.
+  """
   problems = []
   for path in paths:
     try:
-      payload = read_checkpoint(path)
+      payload = read(path)
     except CheckpointError as e:
       problems.append(str(e))
       continue

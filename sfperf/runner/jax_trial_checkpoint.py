@@ -21,13 +21,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
-from absl import logging
 
 from sfperf import jax_checkpoint
 from sfperf.fsutil import default_mode
 
 # The PyTorch checkpoints' error, so callers catch one type for both.
-from sfperf.runner.checkpoint import CheckpointError
+from sfperf.runner.checkpoint import CheckpointError, first_readable
 
 _NAME = re.compile(r'checkpoint_(\d+)$')
 STATE_FILE = 'state.npz'
@@ -100,22 +99,7 @@ def latest_readable_checkpoint(
   Raises:
     CheckpointError: checkpoints exist but none of them can be read.
   """
-  problems = []
-  for path in checkpoints(trial_dir):
-    try:
-      payload = read_checkpoint(path)
-    except CheckpointError as e:
-      problems.append(str(e))
-      continue
-    for problem in problems:
-      logging.warning('%s; resuming from %s instead.', problem, path)
-    return path, payload
-  if problems:
-    raise CheckpointError(
-      '; '.join(problems) + ' and no earlier checkpoint exists; move the '
-      'trial directory aside (or rerun with --overwrite) to start it over'
-    )
-  return None
+  return first_readable(checkpoints(trial_dir), read_checkpoint)
 
 
 def _json_default(value: Any) -> Any:
