@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
 import torch
-from torch.utils import _foreach_utils
+
+from sfperf.optim.foreach import foreach_by_default
 
 BiasCorrection = Literal['denominator', 'step_size']
 BIAS_CORRECTIONS = ('denominator', 'step_size')
@@ -256,14 +257,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     """Whether `step`, `train` and `eval` take the multi-tensor path."""
     if self.foreach is not None:
       return self.foreach
-    # On CPU a foreach op runs the per-tensor op from C++: no faster, and
-    # it holds the group's transient buffers at once.
-    supported = _foreach_utils._get_foreach_kernels_supported_devices()
-    return all(
-      param.device.type in supported
-      for group in self.param_groups
-      for param in group['params']
-    )
+    return foreach_by_default(self.param_groups)
 
   @property
   def train_mode(self) -> bool:

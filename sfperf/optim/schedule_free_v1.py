@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils import _foreach_utils
+
+from sfperf.optim.foreach import foreach_by_default
 
 
 class StepCoefficients(NamedTuple):
@@ -220,17 +221,7 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     """Whether `step` takes the multi-tensor path."""
     if self.foreach is not None:
       return self.foreach
-    # Like torch's own optimizers, default to foreach only where torch has
-    # fused foreach kernels (CUDA, XPU). On CPU each foreach op runs the
-    # per-tensor op from C++, which saves little Python time but allocates
-    # the group's denominators at once: measured about 9% slower than the
-    # loop on ResNet-50 shapes (benchmarks/optimizer_step.py).
-    supported = _foreach_utils._get_foreach_kernels_supported_devices()
-    return all(
-      param.device.type in supported
-      for group in self.param_groups
-      for param in group['params']
-    )
+    return foreach_by_default(self.param_groups)
 
   def _init_state(self, param: torch.Tensor) -> None:
     state = self.state[param]

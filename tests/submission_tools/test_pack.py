@@ -149,6 +149,7 @@ def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
     '__init__.py',
     'divergence_reset.py',
     'entry_2024.py',
+    'foreach.py',
     'requirements.txt',
     'schedule_free_v1.py',
     'submission.py',
@@ -232,6 +233,7 @@ def test_external_v05_pack(tmp_path):
   assert 'from .schedule_free_v1 import ScheduleFreeAdamWV1' in source
   assert result.vendored == (
     'sfperf.entry_2024',
+    'sfperf.optim.foreach',
     'sfperf.optim.schedule_free_v1',
     'sfperf.submission_utils',
     'sfperf.torch_submission_utils',
