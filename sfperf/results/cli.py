@@ -20,7 +20,7 @@ from sfperf.fsutil import atomic_write_text
 from sfperf.results import compare as compare_module
 from sfperf.results import uncertainty
 from sfperf.results.logs import LogDirError, LogSet, read_log_root
-from sfperf.results.report import markdown_table, write_outputs
+from sfperf.results.report import describe, markdown_table, write_outputs
 from sfperf.results.scoring import TRIAL_CHOICES, Scores, score_logs
 
 OFFICIAL_LABEL = 'AlgoPerf logs scored with the official scoring semantics'
@@ -300,10 +300,8 @@ def main(argv) -> int:
       print(f'  {name}: {spreads[name]}')
   _print_warnings(scores.warnings, paths['warnings'])
   print(
-    '\nWrote '
-    + ', '.join(
-      paths[k] for k in ('scores', 'time_to_targets', 'report', 'profile')
-    )
+    f'\nWrote {len(paths)} files and the curves to {args.out}; '
+    f'{paths["report"]} is the overview.'
   )
   return 0
 
@@ -332,7 +330,11 @@ def compare_main(argv) -> int:
     joint = comparison.with_variants
     for warning in reversed(ruleset_warnings(joint, args.self_tuning)):
       joint.warnings.insert(0, warning)
-    text = compare_module.markdown(comparison, args.self_tuning)
+    text = compare_module.markdown(
+      comparison,
+      args.self_tuning,
+      f'Scored together: {describe(joint, ruleset, label)}.',
+    )
     paths = write_outputs(joint, args.out, ruleset, label)
     atomic_write_text(os.path.join(args.out, 'compare.md'), text)
   except (LogDirError, CatalogError, compare_module.CompareError) as e:

@@ -142,11 +142,15 @@ def _format_speedup(value: float) -> str:
   return 'not run' if not math.isfinite(value) else f'{value:.2f}x'
 
 
-def markdown(comparison: Comparison, self_tuning: bool) -> str:
+def markdown(
+  comparison: Comparison, self_tuning: bool, provenance: str = ''
+) -> str:
   """The variant's rank and score, the field with and without it, speedups."""
   joint, alone = comparison.with_variants, comparison.field_alone
   total = len(joint.scores)
   lines = ['## Leaderboard with the variant', '']
+  if provenance:
+    lines += [provenance, '']
   lines += ['| rank | submission | score | score without the variant |']
   lines += ['|---:|---|---:|---:|']
   for name in sorted(joint.scores, key=lambda n: (-joint.scores[n], n)):

@@ -4,7 +4,7 @@ import csv
 import io
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -179,8 +179,14 @@ def filtered_table(scores: Scores) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def leaderboard_table(scores: Scores, spreads=None) -> str:
-  """Ranked scores as a markdown table that drops into a README."""
+def leaderboard_table(
+  scores: Scores, spreads=None, caption: Optional[str] = None
+) -> str:
+  """Ranked scores as a markdown table that drops into a README.
+
+  `caption`, when given, follows the table, so that a pasted copy still
+  says which path, catalog and ruleset produced the numbers.
+  """
   ordered = sorted(scores.submissions, key=lambda n: (-scores.scores[n], n))
   header = '| rank | submission | score |'
   rule = '|---:|---|---:|'
@@ -198,6 +204,8 @@ def leaderboard_table(scores: Scores, spreads=None) -> str:
       spread = spreads[name]
       row += f' [{spread.low:.4f}, {spread.high:.4f}] |'
     lines.append(row)
+  if caption:
+    lines += ['', caption]
   return '\n'.join(lines) + '\n'
 
 
@@ -445,7 +453,12 @@ def write_outputs(
   atomic_write_text(paths['scores'], scores_csv(scores))
   atomic_write_text(paths['time_to_targets'], time_to_targets_csv(scores))
   atomic_write_text(paths['trials'], trials_csv(scores))
-  atomic_write_text(paths['leaderboard'], leaderboard_table(scores, spreads))
+  atomic_write_text(
+    paths['leaderboard'],
+    leaderboard_table(
+      scores, spreads, f'Scores: {describe(scores, ruleset, path_label)}.'
+    ),
+  )
   atomic_write_text(paths['table'], markdown_table(scores, ruleset, path_label))
   atomic_write_text(
     paths['warnings'], ''.join(w + '\n' for w in scores.warnings)

@@ -222,12 +222,13 @@ def main(argv: Optional[List[str]] = None) -> int:
   for result in results:
     # Strict `>`, as AlgoPerf's runner stops; the scorer counts `>=`.
     logging.info(
-      'Trial %d: score %.2fs, step %d, validation target (strict >, runner '
-      'stop rule) %s; %s -> %s',
+      'Trial %d: score %.2fs, step %d; runner stop rule (strict >): '
+      'validation target %s, test target %s; %s -> %s',
       result.trial_index,
       result.score,
       result.global_step,
       'reached' if result.reached_target else 'not reached',
+      'reached' if result.test_goal_reached else 'not reached',
       describe_outcome(result.eval_results, spec) if spec else '',
       result.trial_dir,
     )

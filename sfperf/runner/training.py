@@ -624,12 +624,14 @@ def train_once(
   # AlgoPerf's workloads do); the official scorer counts `>=` when it reads
   # the logs, so a value exactly at the target scores but does not stop.
   logging.info(
-    'Trial %d ended at step %d, score %.2fs, validation target (strict >, '
-    'runner stop rule) %s.',
+    'Trial %d ended at step %d, score %.2fs; runner stop rule (strict >): '
+    'validation target %s, test target %s (a run stops early only when '
+    'both are reached).',
     trial_index,
     global_step,
     train_state['accumulated_submission_time'],
     'reached' if train_state['validation_goal_reached'] else 'not reached',
+    'reached' if train_state['test_goal_reached'] else 'not reached',
   )
   return TrialResult(
     trial_dir=trial_dir,

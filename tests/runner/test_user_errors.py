@@ -323,4 +323,4 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
 def test_end_of_trial_line_names_the_strict_rule(tmp_path, caplog):
   with caplog.at_level(logging.INFO):
     _run_self(tmp_path, max_global_steps=1, save_checkpoints=False)
-  assert 'validation target (strict >, runner stop rule)' in caplog.text
+  assert 'runner stop rule (strict >): validation target' in caplog.text
