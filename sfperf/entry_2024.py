@@ -5,6 +5,8 @@ and externally tuned entries share (SCHEDULE_FREE.md sections 4.1 and 4.2),
 so that a correction lands in all four at once.
 """
 
+from sfperf import submission_utils
+
 # Self-tuning: fixed hyperparameters (the entry's module-level HPARAMS).
 SELF_TUNING_HPARAMS = {
   'learning_rate': 0.0025,
@@ -43,3 +45,36 @@ BATCH_SIZES = {
   'imagenet_resnet_gelu': 512,
   'imagenet_resnet_silu': 512,
 }
+
+# External tuning: label smoothing when a search-space point sets none.
+DEFAULT_LABEL_SMOOTHING = 0.0
+
+
+def get_batch_size(workload_name: str) -> int:
+  """Returns the entries' global batch size for `workload_name`.
+
+  Raises:
+    ValueError: for a name not in the entries' table; the runner then
+      retries with the base workload name.
+  """
+  return submission_utils.batch_size_from(BATCH_SIZES, workload_name)
+
+
+def self_tuning_warmup_steps(step_hint: int) -> int:
+  """The self-tuning entry's warmup length: int(0.02 * step_hint * 0.75)."""
+  # Same floating-point order as the entry, which decides the int() cut.
+  return int(
+    SELF_TUNING_HPARAMS['warmup_factor']
+    * step_hint
+    * SELF_TUNING_WARMUP_STEP_HINT_FRACTION
+  )
+
+
+def external_warmup_steps(hyperparameters, step_hint: int) -> int:
+  """The external entry's warmup length: int(warmup_factor * step_hint)."""
+  return int(hyperparameters.warmup_factor * step_hint)
+
+
+def label_smoothing_of(hyperparameters) -> float:
+  """A trial's label smoothing, or DEFAULT_LABEL_SMOOTHING if it has none."""
+  return getattr(hyperparameters, 'label_smoothing', DEFAULT_LABEL_SMOOTHING)

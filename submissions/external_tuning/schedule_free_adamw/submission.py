@@ -39,32 +39,14 @@ AVERAGING_POWER_R = entry_2024.EXTERNAL_AVERAGING_POWER_R
 WEIGHT_LR_POWER = entry_2024.EXTERNAL_WEIGHT_LR_POWER
 EPS = entry_2024.EPS
 
-# Used when a search space point has no label_smoothing.
-DEFAULT_LABEL_SMOOTHING = 0.0
+DEFAULT_LABEL_SMOOTHING = entry_2024.DEFAULT_LABEL_SMOOTHING
 
 _BATCH_SIZES = entry_2024.BATCH_SIZES
 
 
-def get_batch_size(workload_name: str) -> int:
-  """Returns the entry's global batch size for `workload_name`.
-
-  Raises:
-    ValueError: for a name not in the entry's table; the runner then retries
-      with the base workload name.
-  """
-  return submission_utils.batch_size_from(_BATCH_SIZES, workload_name)
-
-
-def warmup_steps_for(
-  hyperparameters: spec.Hyperparameters, step_hint: int
-) -> int:
-  """The entry's warmup length: int(warmup_factor * step_hint)."""
-  return int(hyperparameters.warmup_factor * step_hint)
-
-
-def label_smoothing_of(hyperparameters: spec.Hyperparameters) -> float:
-  """The trial's label smoothing, or DEFAULT_LABEL_SMOOTHING if it has none."""
-  return getattr(hyperparameters, 'label_smoothing', DEFAULT_LABEL_SMOOTHING)
+get_batch_size = entry_2024.get_batch_size
+warmup_steps_for = entry_2024.external_warmup_steps
+label_smoothing_of = entry_2024.label_smoothing_of
 
 
 def init_optimizer_state(

@@ -38,25 +38,11 @@ from sfperf.jax_submission_utils import (
 HPARAMS = entry_2024.SELF_TUNING_HPARAMS
 EPS = entry_2024.EPS
 
-WARMUP_STEP_HINT_FRACTION = entry_2024.SELF_TUNING_WARMUP_STEP_HINT_FRACTION
-
 _BATCH_SIZES = entry_2024.BATCH_SIZES
 
 
-def get_batch_size(workload_name: str) -> int:
-  """Returns the entry's global batch size for `workload_name`.
-
-  Raises:
-    ValueError: for a name not in the entry's table; the runner then retries
-      with the base workload name.
-  """
-  return submission_utils.batch_size_from(_BATCH_SIZES, workload_name)
-
-
-def warmup_steps_for(step_hint: int) -> int:
-  """The entry's warmup length: int(0.02 * step_hint * 0.75)."""
-  # Same floating-point order as the entry, which decides the int() cut.
-  return int(HPARAMS['warmup_factor'] * step_hint * WARMUP_STEP_HINT_FRACTION)
+get_batch_size = entry_2024.get_batch_size
+warmup_steps_for = entry_2024.self_tuning_warmup_steps
 
 
 def settings_for(step_hint: int, learning_rate: float) -> OptimizerSettings:
