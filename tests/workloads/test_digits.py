@@ -28,7 +28,7 @@ def test_splits_are_disjoint_complete_and_fixed():
 
 
 def test_inputs_normalized_by_train_statistics(workload):
-  train_inputs = workload._data['train'][0]
+  train_inputs = torch.from_numpy(workload._numpy_data['train'][0])
   assert abs(float(train_inputs.mean())) < 1e-5
   assert abs(float(train_inputs.std()) - 1.0) < 1e-3
   assert workload.num_eval_train_examples == workload.num_train_examples

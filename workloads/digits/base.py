@@ -8,6 +8,7 @@ imports neither torch nor jax.
 """
 
 import functools
+import itertools
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -128,6 +129,9 @@ class DigitsBase(spec.Workload):
     self._numpy_data = {
       name: (self._normalize_numpy(x), y) for name, (x, y) in splits.items()
     }
+    train_x, train_y = self._numpy_data['train']
+    count = self.num_eval_train_examples
+    self._numpy_data['eval_train'] = (train_x[:count], train_y[:count])
 
   def _normalize_numpy(self, images: np.ndarray) -> np.ndarray:
     scaled = (images - self._train_mean) / self._train_stddev
@@ -239,4 +243,71 @@ class DigitsBase(spec.Workload):
     return {
       'accuracy': total_correct / total_count,
       'loss': total_loss / total_count,
+    }
+
+  def _to_framework(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """One NumPy batch as the framework's arrays."""
+    raise NotImplementedError
+
+  def _data_key(self, data_rng: spec.RandomState) -> Any:
+    """The integer words of `data_rng` that seed the training order."""
+    return data_rng
+
+  def _build_input_queue(
+    self,
+    data_rng: spec.RandomState,
+    split: str,
+    data_dir: Optional[str],
+    global_batch_size: int,
+    cache: Optional[bool] = None,
+    repeat_final_dataset: Optional[bool] = None,
+    num_batches: Optional[int] = None,
+  ) -> Iterator[Dict[str, Any]]:
+    """Yields batches of `split`, as the framework's arrays.
+
+    Training batches are full (the last partial batch of an epoch is
+    dropped, as AlgoPerf's input pipelines do) and the iterator never ends,
+    in a fresh seeded order each epoch, so a training batch must hold
+    between 1 and `num_train_examples` examples; a larger one is refused
+    rather than wrapped across epochs. Other splits are read once, in
+    order, with a zero-padded last batch whose `weights` mask the padding.
+
+    Raises:
+      ValueError: `global_batch_size` is not an int in [1, the split's
+        size] for the training split, or below 1 for another split.
+    """
+    del data_dir, cache, repeat_final_dataset
+    inputs, targets = self._numpy_data[split]
+    # Checked here, not at the first batch: the batches come from a
+    # generator, whose body would run only when training starts.
+    upper = len(targets) if split == 'train' else None
+    check_batch_size(global_batch_size, split, upper)
+    if split == 'train':
+      batches = _train_batches(
+        self._data_key(data_rng), inputs, targets, global_batch_size
+      )
+    else:
+      batches = _eval_batches(inputs, targets, global_batch_size)
+    return map(self._to_framework, itertools.islice(batches, num_batches))
+
+
+def _train_batches(data_rng, inputs, targets, batch_size):
+  for index in train_batch_indices(data_rng, len(targets), batch_size):
+    yield {'inputs': inputs[index], 'targets': targets[index]}
+
+
+def _eval_batches(inputs, targets, batch_size):
+  for start in range(0, len(targets), batch_size):
+    batch_inputs = inputs[start : start + batch_size]
+    batch_targets = targets[start : start + batch_size]
+    pad = batch_size - len(batch_targets)
+    weights = np.ones(batch_size, np.float32)
+    if pad:
+      weights[-pad:] = 0.0
+      batch_inputs = np.pad(batch_inputs, ((0, pad), (0, 0), (0, 0)))
+      batch_targets = np.pad(batch_targets, (0, pad))
+    yield {
+      'inputs': batch_inputs,
+      'targets': batch_targets,
+      'weights': weights,
     }

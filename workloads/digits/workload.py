@@ -19,8 +19,7 @@ targets were set. The data code (split, normalization, batch order) lives
 in `base.py`, shared with the JAX version in `workload_jax.py`.
 """
 
-import itertools
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +38,6 @@ from workloads.digits.base import (  # noqa: F401 (re-exported)
   split_indices,
   train_batch_indices,
 )
-from workloads.digits.base import check_batch_size as _check_batch_size
 
 
 class DigitsNet(nn.Module):
@@ -93,76 +91,13 @@ class DigitsWorkload(DigitsBase):
 
   def __init__(self, *args, **kwargs) -> None:
     super().__init__(*args, **kwargs)
-    self._data = {
-      name: (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y))
-      for name, (x, y) in self._numpy_data.items()
-    }
-    train_x, train_y = self._data['train']
-    self._data['eval_train'] = (
-      train_x[: self.num_eval_train_examples],
-      train_y[: self.num_eval_train_examples],
-    )
     self._model: Optional[DigitsNet] = None
 
-  def _build_input_queue(
-    self,
-    data_rng: spec.RandomState,
-    split: str,
-    data_dir: Optional[str],
-    global_batch_size: int,
-    cache: Optional[bool] = None,
-    repeat_final_dataset: Optional[bool] = None,
-    num_batches: Optional[int] = None,
-  ) -> Iterator[Dict[str, Any]]:
-    """Yields batches of `split` in a fresh seeded order each epoch.
-
-    Training batches are full (the last partial batch of an epoch is
-    dropped, as AlgoPerf's input pipelines do) and the iterator never ends,
-    so a training batch must hold between 1 and `num_train_examples`
-    examples; a larger one is refused rather than wrapped across epochs.
-    Other splits are read once, in order, with a zero-padded last batch
-    whose `weights` mask the padding.
-
-    Raises:
-      ValueError: `global_batch_size` is not an int in [1, the split's
-        size] for the training split, or below 1 for another split.
-    """
-    del data_dir, cache, repeat_final_dataset
-    inputs, targets = self._data[split]
-    # Checked here, not at the first batch: this function returns a
-    # generator, whose body would run only when training starts.
-    upper = len(targets) if split == 'train' else None
-    _check_batch_size(global_batch_size, split, upper)
-    if split == 'train':
-      batches = self._train_batches(
-        data_rng, inputs, targets, global_batch_size
-      )
-    else:
-      batches = self._eval_batches(inputs, targets, global_batch_size)
-    return itertools.islice(batches, num_batches)
-
-  @staticmethod
-  def _train_batches(data_rng, inputs, targets, batch_size):
-    for index in train_batch_indices(data_rng, len(targets), batch_size):
-      index = torch.from_numpy(index)
-      yield {'inputs': inputs[index], 'targets': targets[index]}
-
-  @staticmethod
-  def _eval_batches(inputs, targets, batch_size):
-    for start in range(0, len(targets), batch_size):
-      batch_inputs = inputs[start : start + batch_size]
-      batch_targets = targets[start : start + batch_size]
-      pad = batch_size - len(batch_targets)
-      weights = torch.ones(batch_size)
-      if pad:
-        weights[-pad:] = 0.0
-        batch_inputs = F.pad(batch_inputs, (0, 0, 0, 0, 0, 0, 0, pad))
-        batch_targets = F.pad(batch_targets, (0, pad))
-      yield {
-        'inputs': batch_inputs,
-        'targets': batch_targets,
-        'weights': weights,
-      }
+  def _to_framework(self, batch):
+    """Images as [n, 1, 8, 8] float32 tensors, labels as int64."""
+    converted = {key: torch.from_numpy(value) for key, value in batch.items()}
+    converted['inputs'] = converted['inputs'].unsqueeze(1)
+    return converted
 
   # Model.
 

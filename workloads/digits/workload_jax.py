@@ -17,9 +17,8 @@ device mesh with axis 'batch'.
 """
 
 import functools
-import itertools
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +30,6 @@ from workloads.digits.base import (
   DROPOUT_RATE,
   NUM_CLASSES,
   DigitsBase,
-  check_batch_size,
-  train_batch_indices,
 )
 
 MESH_AXIS = 'batch'
@@ -184,73 +181,15 @@ def _as_raw_key(rng: Any) -> Any:
 class DigitsJaxWorkload(DigitsBase):
   """AlgoPerf Workload interface over the digits data, in JAX."""
 
-  def __init__(self, *args, **kwargs) -> None:
-    super().__init__(*args, **kwargs)
-    train_x, train_y = self._numpy_data['train']
-    count = self.num_eval_train_examples
-    self._numpy_data['eval_train'] = (train_x[:count], train_y[:count])
+  def _data_key(self, data_rng):
+    return _as_raw_key(data_rng)
 
-  # Data.
-
-  def _build_input_queue(
-    self,
-    data_rng: spec.RandomState,
-    split: str,
-    data_dir: Optional[str],
-    global_batch_size: int,
-    cache: Optional[bool] = None,
-    repeat_final_dataset: Optional[bool] = None,
-    num_batches: Optional[int] = None,
-  ) -> Iterator[Dict[str, Any]]:
-    """Batches of `split` as in the PyTorch workload, sharded on 'batch'.
-
-    Inputs are [N, 8, 8, 1] float32, targets int32; evaluation batches
-    carry `weights` masking the zero padding of the last batch.
-
-    Raises:
-      ValueError: `global_batch_size` is not an int in [1, the split's
-        size] for the training split, or below 1 for another split.
-    """
-    del data_dir, cache, repeat_final_dataset
-    inputs, targets = self._numpy_data[split]
-    upper = len(targets) if split == 'train' else None
-    check_batch_size(global_batch_size, split, upper)
-    if split == 'train':
-      batches = self._train_batches(
-        _as_raw_key(data_rng), inputs, targets, global_batch_size
-      )
-    else:
-      batches = self._eval_batches(inputs, targets, global_batch_size)
-    sharding = batch_sharding()
-    return (
-      jax.device_put(batch, sharding)
-      for batch in itertools.islice(batches, num_batches)
-    )
-
-  @staticmethod
-  def _train_batches(data_rng, inputs, targets, batch_size):
-    for index in train_batch_indices(data_rng, len(targets), batch_size):
-      yield {
-        'inputs': inputs[index][..., None],
-        'targets': targets[index].astype(np.int32),
-      }
-
-  @staticmethod
-  def _eval_batches(inputs, targets, batch_size):
-    for start in range(0, len(targets), batch_size):
-      batch_inputs = inputs[start : start + batch_size][..., None]
-      batch_targets = targets[start : start + batch_size].astype(np.int32)
-      pad = batch_size - len(batch_targets)
-      weights = np.ones(batch_size, np.float32)
-      if pad:
-        weights[-pad:] = 0.0
-        batch_inputs = np.pad(batch_inputs, ((0, pad), (0, 0), (0, 0), (0, 0)))
-        batch_targets = np.pad(batch_targets, (0, pad))
-      yield {
-        'inputs': batch_inputs,
-        'targets': batch_targets,
-        'weights': weights,
-      }
+  def _to_framework(self, batch):
+    """Inputs [N, 8, 8, 1] float32, int32 targets, sharded on 'batch'."""
+    batch = dict(batch)
+    batch['inputs'] = batch['inputs'][..., None]
+    batch['targets'] = batch['targets'].astype(np.int32)
+    return jax.device_put(batch, batch_sharding())
 
   # Model.
 
