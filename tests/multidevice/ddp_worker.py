@@ -29,6 +29,7 @@ from submissions.self_tuning.nadamw_baseline import submission as nadamw
 from submissions.self_tuning.schedule_free_adamw import (
   submission as schedule_free,
 )
+from tests.tiny_workload import TinyWorkloadBase
 
 SUBMISSIONS = {'schedule_free_adamw': schedule_free, 'nadamw_baseline': nadamw}
 GLOBAL_BATCH_SIZE = 16
@@ -46,7 +47,7 @@ MODEL_SEED = 0
 DATA_SEED = 1
 
 
-class LayerNormWorkload(spec.Workload):
+class LayerNormWorkload(TinyWorkloadBase):
   """An MLP with LayerNorm on fixed random batches of GLOBAL_BATCH_SIZE.
 
   LayerNorm, not BatchNorm: under DDP each rank's BatchNorm normalizes with
@@ -58,35 +59,13 @@ class LayerNormWorkload(spec.Workload):
   0.1), since each rank would draw its own masks.
   """
 
-  def __init__(self) -> None:
-    super().__init__()
-
-  @property
-  def target_metric_name(self) -> str:
-    return 'accuracy'
-
-  def has_reached_validation_target(self, eval_result) -> bool:
-    return False
-
-  def has_reached_test_target(self, eval_result) -> bool:
-    return False
-
-  def _build_input_queue(self, *args, **kwargs):
-    raise NotImplementedError('the worker builds its own batches')
-
-  validation_target_value = 1.0
-  test_target_value = 1.0
-  loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
   num_train_examples = GLOBAL_BATCH_SIZE
   eval_batch_size = GLOBAL_BATCH_SIZE
   num_eval_train_examples = GLOBAL_BATCH_SIZE
   num_validation_examples = GLOBAL_BATCH_SIZE
-  num_test_examples = None
-  train_mean = 0.0
-  train_stddev = 1.0
-  max_allowed_runtime_sec = 60
-  eval_period_time_sec = 10
-  step_hint = STEP_HINT
+
+  def __init__(self) -> None:
+    super().__init__('accuracy', STEP_HINT)
 
   def is_output_params(self, param_key) -> bool:
     return param_key.startswith('6.')

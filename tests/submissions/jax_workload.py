@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sfperf.api import spec
+from tests.tiny_workload import TinyWorkloadBase
 
 NUM_FEATURES = 6
 NUM_HIDDEN = 16
 NUM_CLASSES = 4
 
 
-class TinyJaxWorkload(spec.Workload):
+class TinyJaxWorkload(TinyWorkloadBase):
   """A tanh MLP classifier on planted data; records model_fn options.
 
   `model_fn` applies inverted dropout when given a positive `dropout_rate`
@@ -26,41 +27,9 @@ class TinyJaxWorkload(spec.Workload):
   """
 
   def __init__(self, metric_name: str = 'accuracy', step_hint: int = 200):
-    super().__init__()
-    self._metric_name = metric_name
-    self._step_hint = step_hint
+    super().__init__(metric_name, step_hint)
     self.dropout_rates_seen: list[Any] = []
     self.label_smoothings_seen: list[float] = []
-
-  @property
-  def target_metric_name(self) -> str:
-    return self._metric_name
-
-  def has_reached_validation_target(self, eval_result) -> bool:
-    return False
-
-  def has_reached_test_target(self, eval_result) -> bool:
-    return False
-
-  def _build_input_queue(self, *args, **kwargs):
-    raise NotImplementedError
-
-  validation_target_value = 1.0
-  test_target_value = 1.0
-  loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
-  num_train_examples = 64
-  eval_batch_size = 16
-  num_eval_train_examples = 16
-  num_validation_examples = 16
-  num_test_examples = None
-  train_mean = 0.0
-  train_stddev = 1.0
-  max_allowed_runtime_sec = 60
-  eval_period_time_sec = 10
-
-  @property
-  def step_hint(self) -> int:
-    return self._step_hint
 
   def is_output_params(self, param_key) -> bool:
     return param_key == 'output'

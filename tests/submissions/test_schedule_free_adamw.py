@@ -12,53 +12,22 @@ from sfperf import torch_submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamWV1
 from submissions.self_tuning.schedule_free_adamw import submission
+from tests.tiny_workload import TinyWorkloadBase
 
 MARGIN = submission.RESET_MARGIN
 BELOW_MARGIN = math.nextafter(MARGIN, 0.0)
 
 
-class TinyWorkload(spec.Workload):
+class TinyWorkload(TinyWorkloadBase):
   """A minimal PyTorch workload: a BatchNorm MLP on a fixed random batch.
 
   `model_fn` and `loss_fn` record how they were called.
   """
 
   def __init__(self, metric_name: str = 'accuracy', step_hint: int = 100):
-    super().__init__()
-    self._metric_name = metric_name
-    self._step_hint = step_hint
+    super().__init__(metric_name, step_hint)
     self.model_calls: list[dict[str, Any]] = []
     self.loss_calls: list[dict[str, Any]] = []
-
-  @property
-  def target_metric_name(self) -> str:
-    return self._metric_name
-
-  def has_reached_validation_target(self, eval_result) -> bool:
-    return False
-
-  def has_reached_test_target(self, eval_result) -> bool:
-    return False
-
-  def _build_input_queue(self, *args, **kwargs):
-    raise NotImplementedError
-
-  validation_target_value = 1.0
-  test_target_value = 1.0
-  loss_type = spec.LossType.SOFTMAX_CROSS_ENTROPY
-  num_train_examples = 64
-  eval_batch_size = 16
-  num_eval_train_examples = 16
-  num_validation_examples = 16
-  num_test_examples = None
-  train_mean = 0.0
-  train_stddev = 1.0
-  max_allowed_runtime_sec = 60
-  eval_period_time_sec = 10
-
-  @property
-  def step_hint(self) -> int:
-    return self._step_hint
 
   def is_output_params(self, param_key) -> bool:
     return param_key.startswith('2.')
