@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from sfperf.optim import cpu_kernel
 from sfperf.optim.foreach import foreach_by_default
 
 
@@ -98,15 +99,22 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
   like the entry, the class needs no guard for S_k = 0. The flip side is
   that lr = 0 still moves the parameters, by steps of size about eps.
 
-  Two paths compute the same step, bit for bit: a per-parameter loop (the
-  entry's code, `foreach=False`) and a multi-tensor path (`foreach=True`,
-  the default where all parameters are on CUDA or XPU) that applies each
-  operation to all parameters of a group with one `torch._foreach_*` call.
-  Every foreach op is elementwise and rounds each tensor exactly as the
-  loop's op does (one exception, handled in `_update_foreach`), so only the
-  order in which tensors are visited differs, never a value. Where a device
-  has no fused kernel for an op (CPU; or on CUDA, an op mixing the bf16 v
-  with a float32 gradient) torch runs the same per-tensor op from C++.
+  Three paths compute the same step, bit for bit: a per-parameter loop (the
+  entry's code, `foreach=False`), a multi-tensor path (`foreach=True`, the
+  default where all parameters are on CUDA or XPU) that applies each
+  operation to all parameters of a group with one `torch._foreach_*` call,
+  and, for float32 parameters on the CPU, a one-pass kernel (`fused`, the
+  default there; sfperf/optim/schedule_free_v1_cpu.c) that does all of an
+  element's operations before moving to the next, so that memory is crossed
+  once per step instead of once per operation. Every foreach op is
+  elementwise and rounds each tensor exactly as the loop's op does (one
+  exception, handled in `_update_foreach`), so only the order in which
+  tensors are visited differs, never a value. Where a device has no fused
+  kernel for an op (CPU; or on CUDA, an op mixing the bf16 v with a float32
+  gradient) torch runs the same per-tensor op from C++. The CPU kernel
+  rounds where each op of the loop stores and uses a fused multiply-add
+  exactly where torch's CPU kernels do; it is compared with the loop's ops
+  on a probe before first use and is not used on any difference.
 
   Memory. Persistent, per parameter: `z` (dtype and device of the
   parameter), `exp_avg_sq` (v, bfloat16, same device) and, only when
@@ -116,8 +124,9 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
   during `step`: the denominator sqrt(v) + eps in bfloat16, one parameter's
   worth at a time in the loop path, and for all parameters of a group (of
   one device and dtype) at once in the foreach path, that is half the size
-  of a float32 copy of the group. Nothing else of parameter size is
-  allocated; the gradients are read, never written.
+  of a float32 copy of the group; the CPU kernel allocates nothing. Nothing
+  else of parameter size is allocated; the gradients are read, never
+  written.
 
   .. warning::
     These behaviours of the entry are kept on purpose, for fidelity:
@@ -161,6 +170,7 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     r: float = 0.0,
     store_x0_on_cpu: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
   ) -> None:
     """Builds the optimizer.
 
@@ -182,6 +192,11 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
         parameter is on a device with fused foreach kernels, else the loop.
         Both give the same bits on any device. Kept on the optimizer,
         not in the parameter groups, so a state dict loads into either path.
+      fused: whether float32 CPU parameters take the one-pass CPU kernel
+        (same bits as the loop). None (the default) uses it where it builds
+        and passes its check, with one warning where it does not; True
+        makes that a RuntimeError at the first step; False never uses it.
+        Other parameters take the path `foreach` chooses.
 
     Raises:
       ValueError: if a setting is out of range.
@@ -215,6 +230,7 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     super().__init__(params, defaults)
     self.store_x0_on_cpu = store_x0_on_cpu
     self.foreach = foreach
+    self.fused = fused
 
   @property
   def uses_foreach(self) -> bool:
@@ -231,20 +247,42 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
       # copy=True matters on CPU, where .cpu() would alias the parameter.
       state['x0'] = param.detach().to(device='cpu', copy=True)
 
+  def _cpu_kernel(self) -> cpu_kernel.CpuKernel | None:
+    """The CPU kernel where it is wanted and there is a tensor it can take."""
+    if self.fused is False or not any(
+      param.device.type == 'cpu' and param.dtype == torch.float32
+      for group in self.param_groups
+      for param in group['params']
+    ):
+      return None
+    kernel = cpu_kernel.load_kernel()
+    if kernel is None and self.fused:
+      raise RuntimeError(
+        'ScheduleFreeAdamWV1(fused=True): the one-pass CPU kernel is not '
+        'available here (see the warning above); pass fused=None to fall '
+        'back to torch ops.'
+      )
+    return kernel
+
   @torch.no_grad()
   def _move_to_y(self) -> None:
+    kernel = self._cpu_kernel()
     for group in self.param_groups:
       weight = 1 - group['betas'][0]
       for param in group['params']:
         if not self.state[param]:
           self._init_state(param)
+      params = group['params']
+      zs = [self.state[param]['z'] for param in params]
+      if kernel is not None:
+        (fast_params, fast_zs), (params, zs) = _split_for_kernel(params, zs)
+        kernel.lerp_(fast_params, fast_zs, weight)
       if self.uses_foreach:
-        zs = [self.state[param]['z'] for param in group['params']]
-        for params, group_zs in _by_device_and_dtype(group['params'], zs):
-          torch._foreach_lerp_(params, group_zs, weight)
+        for device_params, device_zs in _by_device_and_dtype(params, zs):
+          torch._foreach_lerp_(device_params, device_zs, weight)
       else:
-        for param in group['params']:
-          param.lerp_(self.state[param]['z'], weight)
+        for param, z in zip(params, zs, strict=True):
+          param.lerp_(z, weight)
 
   @torch.no_grad()
   def _update_group(self, group: dict[str, Any]) -> None:
@@ -277,6 +315,16 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     # The entry leaves a parameter without a gradient at y, z and v as
     # they were: it takes no part in the update.
     params = [param for param in group['params'] if param.grad is not None]
+    kernel = self._cpu_kernel()
+    if kernel is not None:
+      (fast_params, zs, grads, vs), (params,) = _split_for_kernel(
+        params,
+        [self.state[param]['z'] for param in params],
+        [param.grad for param in params],
+        [self.state[param]['exp_avg_sq'] for param in params],
+        rest=1,
+      )
+      kernel.update_(fast_params, zs, grads, vs, scalars)
     if self.uses_foreach:
       _update_foreach(self.state, params, scalars)
     else:
@@ -424,6 +472,26 @@ def _update_foreach(
     torch._foreach_sub_(group_zs, group_params, alpha=scalars.decay)
 
     torch._foreach_lerp_(group_params, group_zs, scalars.averaging_weight)
+
+
+def _split_for_kernel(
+  *columns: list[torch.Tensor], rest: int | None = None
+) -> tuple[tuple[list[torch.Tensor], ...], tuple[list[torch.Tensor], ...]]:
+  """Splits aligned columns into rows the CPU kernel takes and the others.
+
+  Returns the kernel's rows of every column, then the other rows of the
+  first `rest` columns (all columns if None).
+  """
+  taken = [cpu_kernel.eligible(row) for row in zip(*columns, strict=True)]
+  fast = tuple(
+    [tensor for tensor, ok in zip(column, taken, strict=True) if ok]
+    for column in columns
+  )
+  slow = tuple(
+    [tensor for tensor, ok in zip(column, taken, strict=True) if not ok]
+    for column in columns[:rest]
+  )
+  return fast, slow
 
 
 def _by_device_and_dtype(

@@ -8,7 +8,8 @@ run with only AlgoPerf installed, so every `sfperf` module it needs, found by
 following its `sfperf.*` imports transitively, is copied beside it with its
 imports rewritten to relative ones, and `from sfperf.api import spec`
 becomes `from algoperf import spec` (v0.6) or `from algorithmic_efficiency
-import spec` (v0.5).
+import spec` (v0.5). A module that reads files beside itself names them in
+a top-level `VENDORED_FILES = ('name', ...)`; they are copied beside it.
 """
 
 import ast
@@ -39,6 +40,7 @@ from sfperf.submission_tools.common import (
 API_PACKAGES = {'v0.6': 'algoperf', 'v0.5': 'algorithmic_efficiency'}
 PROJECT_PACKAGE = 'sfperf'
 SEAM_MODULE = 'sfperf.api'
+VENDORED_FILES = 'VENDORED_FILES'
 # Marks an import of the API seam, rewritten to the chosen API package.
 _API = '<api>'
 
@@ -198,6 +200,39 @@ def _resolve_from(
   return dict(groups)
 
 
+def _declared_files(tree: ast.Module, path: str) -> tuple[str, ...]:
+  """The names in the module's top-level `VENDORED_FILES`, if it has one."""
+  for node in tree.body:
+    if not (
+      isinstance(node, ast.Assign)
+      and any(
+        isinstance(target, ast.Name) and target.id == VENDORED_FILES
+        for target in node.targets
+      )
+    ):
+      continue
+    try:
+      names = ast.literal_eval(node.value)
+    except ValueError:
+      names = None
+    if not (
+      isinstance(names, tuple)
+      and all(
+        isinstance(name, str)
+        and name == os.path.basename(name)
+        and name not in ('', '.', '..')
+        and not name.endswith('.py')
+        for name in names
+      )
+    ):
+      raise PackError(
+        f'{path}:{node.lineno}: {VENDORED_FILES} must be a tuple of plain '
+        'file names (no folders, no .py files) written as string literals'
+      )
+    return names
+  return ()
+
+
 def _scan(
   module_name: str, source: str, path: str, is_package: bool
 ) -> tuple[list[_Edit], set[str]]:
@@ -210,6 +245,7 @@ def _scan(
       f'{where}: does not parse (SyntaxError: {error.msg}); fix the module '
       'and pack again'
     ) from None
+  reads_declared_files = bool(_declared_files(tree, path))
   edits, needed = [], set()
   for node in ast.walk(tree):
     where = f'{path}:{getattr(node, "lineno", "?")}'
@@ -242,10 +278,14 @@ def _scan(
           f'{where}: the string {node.value!r} names an sfperf module (a '
           'dynamic import?); vendoring cannot follow it'
         )
-      if isinstance(node, ast.Name) and node.id == '__file__':
+      if (
+        isinstance(node, ast.Name)
+        and node.id == '__file__'
+        and not reads_declared_files
+      ):
         raise PackError(
-          f'{where}: uses __file__ (reads files beside itself?); it cannot '
-          'be vendored as a single file'
+          f'{where}: uses __file__ (reads files beside itself?); name them '
+          f'in a top-level {VENDORED_FILES} tuple, or it cannot be vendored'
         )
       continue
 
@@ -400,6 +440,33 @@ def vendor(module_path: str, api: str) -> tuple[str, dict[str, str]]:
     for module in scans
   }
   return _apply(submission_source, edits, files, api_package), rewritten
+
+
+def vendored_files(modules: list[str]) -> dict[str, str]:
+  """{file name: path} of the files the vendored modules read beside them.
+
+  Raises:
+    PackError: if two modules name the same file, or a named file is
+      missing.
+  """
+  found: dict[str, str] = {}
+  for module in sorted(modules):
+    path = _module_file(module)
+    with open(path, encoding='utf-8') as handle:
+      tree = ast.parse(handle.read(), filename=path)
+    for name in _declared_files(tree, path):
+      source = os.path.join(os.path.dirname(path), name)
+      if not os.path.isfile(source):
+        raise PackError(
+          f'{path}: {VENDORED_FILES} names {name}, which is not beside it'
+        )
+      if name in found:
+        raise PackError(
+          f'{path}: {VENDORED_FILES} names {name}, as another vendored '
+          'module does; rename one of them'
+        )
+      found[name] = source
+  return found
 
 
 # -- Requirements, info, layout ----------------------------------------------
@@ -594,6 +661,7 @@ def pack_submission(
 
   submission_source, vendored = vendor(located.module_path, api)
   files = _file_names(list(vendored))
+  data_files = vendored_files(list(vendored))
   imports = third_party_imports([submission_source, *vendored.values()])
   pins, provided, unknown = requirements(imports)
 
@@ -642,6 +710,13 @@ def pack_submission(
       _header(f'Vendored from {original} ({provenance})') + source
     )
 
+  clashes = sorted(set(data_files) & {*outputs, SEARCH_SPACE_FILE})
+  if clashes:
+    raise PackError(
+      f'{VENDORED_FILES} names {", ".join(clashes)}, a file the packed '
+      'folder writes itself; rename it'
+    )
+
   parent = os.path.dirname(outdir)
   os.makedirs(parent, exist_ok=True)
   # Everything is built and checked in a scratch folder beside OUTDIR, so a
@@ -660,6 +735,8 @@ def pack_submission(
         handle.write(text)
     if space_path is not None:
       shutil.copyfile(space_path, os.path.join(folder, SEARCH_SPACE_FILE))
+    for file_name, source in data_files.items():
+      shutil.copyfile(source, os.path.join(folder, file_name))
     with open(
       os.path.join(staging, 'PULL_REQUEST_BODY.md'), 'w', encoding='utf-8'
     ) as handle:
@@ -686,7 +763,13 @@ def pack_submission(
     outdir=outdir,
     submission_folder=submission_folder,
     files=tuple(
-      sorted([*outputs, *([SEARCH_SPACE_FILE] if space_path else [])])
+      sorted(
+        [
+          *outputs,
+          *data_files,
+          *([SEARCH_SPACE_FILE] if space_path else []),
+        ]
+      )
     ),
     vendored=tuple(sorted(vendored)),
     requirements=tuple(pins),

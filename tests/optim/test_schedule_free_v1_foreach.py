@@ -1,9 +1,11 @@
-"""The foreach path of ScheduleFreeAdamWV1 against its per-parameter loop.
+"""The foreach and CPU-kernel paths of ScheduleFreeAdamWV1 against its loop.
 
-The two paths apply the same elementwise ops with the same scalars, so they
-must agree bit for bit: every comparison here is `torch.equal`, on CPU, in
-float32 and float64. The loop path itself is held to a float64 reference in
-test_schedule_free_v1.py.
+The paths apply the same elementwise arithmetic with the same scalars and
+roundings, so they must agree bit for bit: every comparison here is
+`torch.equal`, on CPU, in float32 and float64 (which the kernel leaves to
+the torch ops). The loop path itself is held to a float64 reference in
+test_schedule_free_v1.py; the kernel's build and fallbacks are tested in
+test_cpu_kernel.py.
 """
 
 import copy
@@ -11,11 +13,16 @@ import copy
 import pytest
 import torch
 
-from sfperf.optim import ScheduleFreeAdamWV1, schedule_free_v1
+from sfperf.optim import ScheduleFreeAdamWV1, cpu_kernel, schedule_free_v1
 
 NUM_STEPS = 36
 WARMUP_STEPS = 12
 DTYPES = {'float32': torch.float32, 'float64': torch.float64}
+PATHS = {
+  'loop': {'foreach': False, 'fused': False},
+  'foreach': {'foreach': True, 'fused': False},
+  'kernel': {'foreach': False, 'fused': True},
+}
 
 
 class SmallNet(torch.nn.Module):
@@ -77,7 +84,7 @@ def _groups(model: SmallNet) -> list[dict]:
   ]
 
 
-def _make(dtype: torch.dtype, foreach: bool, store_x0: bool = False):
+def _make(dtype: torch.dtype, path: str, store_x0: bool = False):
   model = SmallNet().to(dtype)
   optimizer = ScheduleFreeAdamWV1(
     _groups(model),
@@ -87,7 +94,7 @@ def _make(dtype: torch.dtype, foreach: bool, store_x0: bool = False):
     warmup_steps=WARMUP_STEPS,
     r=0.75,
     store_x0_on_cpu=store_x0,
-    foreach=foreach,
+    **PATHS[path],
   )
   return model, optimizer
 
@@ -130,11 +137,12 @@ def _assert_same_state(model_a, optimizer_a, model_b, optimizer_b) -> None:
       assert group_a[key] == group_b[key], key
 
 
+@pytest.mark.parametrize('path', ['foreach', 'kernel'])
 @pytest.mark.parametrize('dtype', sorted(DTYPES))
-def test_foreach_matches_loop_bit_for_bit(dtype):
-  loop_model, loop = _make(DTYPES[dtype], foreach=False)
-  fast_model, fast = _make(DTYPES[dtype], foreach=True)
-  assert not loop.uses_foreach and fast.uses_foreach
+def test_fast_paths_match_the_loop_bit_for_bit(dtype, path):
+  loop_model, loop = _make(DTYPES[dtype], 'loop')
+  fast_model, fast = _make(DTYPES[dtype], path)
+  assert not loop.uses_foreach and fast.uses_foreach is (path == 'foreach')
 
   for index in range(NUM_STEPS):
     loop_y = _step(loop_model, loop, index)
@@ -156,47 +164,53 @@ def test_foreach_matches_loop_bit_for_bit(dtype):
     assert fast_model.unused.grad is None
 
 
-@pytest.mark.parametrize('saved_by', ['loop', 'foreach'])
-def test_state_dict_moves_between_paths(saved_by):
-  saver_foreach = saved_by == 'foreach'
-  model, optimizer = _make(torch.float32, foreach=saver_foreach)
+@pytest.mark.parametrize(
+  ('saved_by', 'resumed_by'),
+  [('loop', 'foreach'), ('foreach', 'kernel'), ('kernel', 'loop')],
+)
+def test_state_dict_moves_between_paths(saved_by, resumed_by):
+  model, optimizer = _make(torch.float32, saved_by)
   for index in range(15):
     _step(model, optimizer, index)
   saved_optimizer = copy.deepcopy(optimizer.state_dict())
   saved_model = copy.deepcopy(model.state_dict())
   assert all(
-    'foreach' not in group for group in saved_optimizer['param_groups']
+    'foreach' not in group and 'fused' not in group
+    for group in saved_optimizer['param_groups']
   )
 
-  resumed_model, resumed = _make(torch.float32, foreach=not saver_foreach)
+  resumed_model, resumed = _make(torch.float32, resumed_by)
   resumed_model.load_state_dict(saved_model)
   resumed.load_state_dict(saved_optimizer)
-  assert resumed.uses_foreach is not saver_foreach  # the path is not state
+  # The path is not state.
+  assert (resumed.foreach, resumed.fused) == tuple(PATHS[resumed_by].values())
   for index in range(15, 30):
     _step(model, optimizer, index)
     _step(resumed_model, resumed, index)
   _assert_same_state(model, optimizer, resumed_model, resumed)
 
 
-def test_reset_gives_the_same_run_on_both_paths():
+def test_reset_gives_the_same_run_on_every_path():
   runs = []
-  for foreach in (False, True):
-    model, optimizer = _make(torch.float32, foreach=foreach, store_x0=True)
+  for path in PATHS:
+    model, optimizer = _make(torch.float32, path, store_x0=True)
     for index in range(8):
       _step(model, optimizer, index)
     optimizer.reset()
     for index in range(8, 14):
       _step(model, optimizer, index)
     runs.append((model, optimizer))
-  _assert_same_state(*runs[0], *runs[1])
-  assert all(
-    state['x0'].device.type == 'cpu' for state in runs[1][1].state.values()
-  )
+  for other in runs[1:]:
+    _assert_same_state(*runs[0], *other)
+    assert all(
+      state['x0'].device.type == 'cpu' for state in other[1].state.values()
+    )
 
 
 @pytest.mark.parametrize('beta2', [0.99, 0.9955159689799007])
 def test_bf16_second_moment_rounds_alike_for_every_bf16_value(beta2):
-  # Every positive finite bf16 value as v, through one update of each path:
+  # Every positive finite bf16 value as v, through one update of each path
+  # (the CPU kernel included):
   # a single differently rounded op would show. (A bf16 list times a Python
   # scalar, which rounds beta2 to bf16, differs here at 14488 values for
   # beta2 = 0.99 and only at 17 subnormal ones for the published value.)
@@ -212,10 +226,24 @@ def test_bf16_second_moment_rounds_alike_for_every_bf16_value(beta2):
     decay=1e-4,
     averaging_weight=0.1,
   )
+  kernel = cpu_kernel.load_kernel()
+  assert kernel is not None
+
+  def update_with_kernel(state, params, scalars):
+    (param,) = params
+    kernel.update_(
+      [param],
+      [state[param]['z']],
+      [param.grad],
+      [state[param]['exp_avg_sq']],
+      scalars,
+    )
+
   results = []
   for update in (
     schedule_free_v1._update_loop,
     schedule_free_v1._update_foreach,
+    update_with_kernel,
   ):
     param = torch.nn.Parameter(torch.linspace(-1, 1, v.numel()))
     param.grad = grad
@@ -225,38 +253,46 @@ def test_bf16_second_moment_rounds_alike_for_every_bf16_value(beta2):
     results.append(
       (param.detach(), state[param]['z'], state[param]['exp_avg_sq'])
     )
-  for loop_tensor, foreach_tensor in zip(*results, strict=True):
-    assert torch.equal(loop_tensor, foreach_tensor)
+  for other in results[1:]:
+    for loop_tensor, other_tensor in zip(results[0], other, strict=True):
+      assert torch.equal(loop_tensor, other_tensor)
 
 
-def test_mixed_dtypes_in_one_group():
-  def make(foreach):
+def test_mixed_dtypes_and_layouts_in_one_group():
+  # The kernel takes the contiguous float32 tensors; the float64 one and the
+  # transposed (non-contiguous) one go through the torch ops.
+  def make(path):
     params = [
       torch.nn.Parameter(torch.linspace(-1, 1, 7)),
       torch.nn.Parameter(torch.linspace(-2, 1, 5, dtype=torch.float64)),
       torch.nn.Parameter(torch.linspace(0, 1, 3)),
+      torch.nn.Parameter(torch.linspace(-1, 2, 12).reshape(3, 4).T),
     ]
-    return params, ScheduleFreeAdamWV1(params, lr=0.1, foreach=foreach)
+    return params, ScheduleFreeAdamWV1(params, lr=0.1, **PATHS[path])
 
-  runs = [make(False), make(True)]
+  runs = [make(path) for path in PATHS]
+  assert not runs[0][0][3].is_contiguous()
   for index in range(5):
     for params, optimizer in runs:
 
       def closure(params=params, optimizer=optimizer, index=index):
         optimizer.zero_grad()
         loss = sum((p * (index + 1)).sin().sum() for p in params[:2])
+        loss = loss + (params[3] * params[3].T.sum()).cos().sum()
         loss.backward()
         return loss
 
       optimizer.step(closure)
-  for loop_param, foreach_param in zip(runs[0][0], runs[1][0], strict=True):
-    assert foreach_param.dtype == loop_param.dtype
-    assert torch.equal(loop_param, foreach_param)
+  for other_params, _ in runs[1:]:
+    for loop_param, other_param in zip(runs[0][0], other_params, strict=True):
+      assert other_param.dtype == loop_param.dtype
+      assert torch.equal(loop_param, other_param)
 
 
 def test_default_is_foreach_and_the_flag_selects_the_path(monkeypatch):
   model = torch.nn.Linear(3, 2)
-  # CPU has no fused foreach kernels, so the default there is the loop.
+  # CPU has no fused foreach kernels, so the default there is the loop for
+  # what the CPU kernel does not take.
   assert not ScheduleFreeAdamWV1(model.parameters()).uses_foreach
   calls = []
   real = torch._foreach_addcdiv_
@@ -268,7 +304,9 @@ def test_default_is_foreach_and_the_flag_selects_the_path(monkeypatch):
   monkeypatch.setattr(torch, '_foreach_addcdiv_', counting)
   for foreach, expected_calls in ((False, 0), (True, 1)):
     calls.clear()
-    optimizer = ScheduleFreeAdamWV1(model.parameters(), foreach=foreach)
+    optimizer = ScheduleFreeAdamWV1(
+      model.parameters(), foreach=foreach, fused=False
+    )
 
     def closure(optimizer=optimizer):
       optimizer.zero_grad()

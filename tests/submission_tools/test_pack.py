@@ -14,6 +14,7 @@ import pytest
 from sfperf import cli
 from sfperf.api import standin
 from sfperf.submission_tools import check
+from sfperf.submission_tools import pack as pack_module
 from sfperf.submission_tools.common import locate
 from sfperf.submission_tools.pack import (
   PackCheckError,
@@ -111,6 +112,10 @@ change = max(
 )
 assert change > 0, 'parameters did not change'
 assert not any(name.split('.')[0] == 'sfperf' for name in sys.modules)
+# The one-pass CPU kernel was built from the packed copy of its source.
+kernel_module = sys.modules['{name}.cpu_kernel']
+assert kernel_module.load_kernel() is not None
+assert kernel_module.SOURCE.parent.name == '{name}'
 print('PACKED-OK', batch_size, change)
 """
 
@@ -147,11 +152,13 @@ def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
   files = sorted(os.listdir(folder))
   assert files == [
     '__init__.py',
+    'cpu_kernel.py',
     'divergence_reset.py',
     'entry_2024.py',
     'foreach.py',
     'requirements.txt',
     'schedule_free_v1.py',
+    'schedule_free_v1_cpu.c',
     'submission.py',
     'submission_info.yml',
     'submission_utils.py',
@@ -233,12 +240,14 @@ def test_external_v05_pack(tmp_path):
   assert 'from .schedule_free_v1 import ScheduleFreeAdamWV1' in source
   assert result.vendored == (
     'sfperf.entry_2024',
+    'sfperf.optim.cpu_kernel',
     'sfperf.optim.foreach',
     'sfperf.optim.schedule_free_v1',
     'sfperf.submission_utils',
     'sfperf.torch_submission_utils',
   )
   assert 'ruleset: "external"' in (folder / 'submission_info.yml').read_text()
+  assert 'schedule_free_v1_cpu.c' in result.files
 
   report = check.check_submission(locate(str(folder)))
   assert report.target == 'v0.5'
@@ -419,3 +428,30 @@ def test_outdir_gets_the_umask_mode(tmp_path):
     0o644
   )
   assert '__pycache__' not in os.listdir(result.submission_folder)
+
+
+@pytest.mark.parametrize(
+  'assignment',
+  [
+    "VENDORED_FILES = ['kernel.c']",  # a list
+    "VENDORED_FILES = ('sub/kernel.c',)",  # a folder
+    "VENDORED_FILES = ('helper.py',)",  # a module, not a data file
+    'VENDORED_FILES = (NAME,)',  # not a literal
+  ],
+)
+def test_malformed_vendored_files_fail_clearly(assignment):
+  tree = ast.parse(assignment + '\n')
+  with pytest.raises(PackError, match='must be a tuple of plain file names'):
+    pack_module._declared_files(tree, 'module.py')
+
+
+def test_a_vendored_file_that_is_missing_fails(tmp_path, monkeypatch):
+  module = tmp_path / 'reader.py'
+  module.write_text("VENDORED_FILES = ('table.bin',)\n")
+  monkeypatch.setattr(pack_module, '_module_file', lambda name: str(module))
+  with pytest.raises(PackError, match='names table.bin, which is not beside'):
+    pack_module.vendored_files(['sfperf.reader'])
+  (tmp_path / 'table.bin').write_bytes(b'\0')
+  assert pack_module.vendored_files(['sfperf.reader']) == {
+    'table.bin': str(tmp_path / 'table.bin')
+  }

@@ -1,0 +1,331 @@
+"""The one-pass CPU kernel of ScheduleFreeAdamWV1: build, check and call.
+
+`schedule_free_v1_cpu.c` is compiled on first use with the system C compiler
+into a per-user cache, keyed by the source, the flags, the compiler and the
+host CPU, and loaded with ctypes. Before the kernel is handed out it runs one
+step on a probe set beside the torch ops it replaces; any bit of difference
+and it is not used. Every failure (no compiler, a build error, a mismatch)
+falls back to the torch ops with one warning that says why.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+# `sfperf pack` copies these beside this module when it vendors it.
+VENDORED_FILES = ('schedule_free_v1_cpu.c',)
+SOURCE = pathlib.Path(__file__).with_name(VENDORED_FILES[0])
+
+# -ffp-contract=off: the kernel's fused multiply-adds are the ones it asks
+# for (where torch's kernels use one), no others. -march=native is why the
+# cache key includes the CPU.
+BASE_FLAGS = (
+  '-O3',
+  '-march=native',
+  '-mprefer-vector-width=512',
+  '-ffp-contract=off',
+  '-fno-math-errno',
+  '-shared',
+  '-fPIC',
+)
+OPENMP_FLAG = '-fopenmp'
+
+CACHE_ENV = 'SFPERF_KERNEL_CACHE'
+DISABLE_ENV = 'SFPERF_NO_CPU_KERNEL'
+
+
+class KernelUnavailable(RuntimeError):
+  """The CPU kernel could not be built, loaded or trusted here."""
+
+
+def cache_dir() -> pathlib.Path:
+  """Where built kernels are kept: $SFPERF_KERNEL_CACHE, else the XDG cache."""
+  if os.environ.get(CACHE_ENV):
+    return pathlib.Path(os.environ[CACHE_ENV])
+  base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  return pathlib.Path(base) / 'sfperf' / 'kernels'
+
+
+def _cpu_identity() -> str:
+  """The CPU's model and feature flags, which -march=native compiles for."""
+  try:
+    lines = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
+  except OSError:
+    return platform.processor() or platform.machine()
+  wanted = [
+    line
+    for line in lines
+    if line.startswith(('model name', 'flags', 'Features', 'CPU part'))
+  ]
+  return '\n'.join(dict.fromkeys(wanted))  # one copy per distinct line
+
+
+def _compiler() -> str:
+  """$CC if set, else cc or gcc on the PATH, as an absolute path."""
+  wanted = os.environ.get('CC')
+  compiler = (
+    shutil.which(wanted)
+    if wanted
+    else (shutil.which('cc') or shutil.which('gcc'))
+  )
+  if compiler is None:
+    named = f'CC={wanted!r} is not an executable' if wanted else 'none found'
+    raise KernelUnavailable(
+      f'no C compiler ({named}; install gcc or set CC to one)'
+    )
+  return compiler
+
+
+def _compiler_version(compiler: str) -> str:
+  try:
+    result = subprocess.run(
+      [compiler, '--version'], capture_output=True, text=True, check=False
+    )
+  except OSError as error:
+    raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
+  return result.stdout
+
+
+def _build(compiler: str, flags: Sequence[str], target: pathlib.Path) -> None:
+  """Compiles the source into `target`, atomically."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(
+    dir=target.parent, prefix=target.name, suffix='.tmp'
+  )
+  os.close(handle)
+  try:
+    try:
+      result = subprocess.run(
+        [compiler, *flags, '-o', temporary, str(SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+      )
+    except OSError as error:
+      raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
+    if result.returncode != 0:
+      raise KernelUnavailable(
+        f'{compiler} failed on {SOURCE.name}: {result.stderr.strip()[-500:]}'
+      )
+    os.replace(temporary, target)
+  finally:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+
+
+def _built_library(compiler: str) -> ctypes.CDLL:
+  """Loads the cached build, building it first if needed.
+
+  OpenMP is tried first; a compiler without it gets a one-thread build.
+  """
+  version = _compiler_version(compiler)
+  last_error = None
+  for flags in ((*BASE_FLAGS, OPENMP_FLAG), BASE_FLAGS):
+    key = hashlib.sha256(
+      '\0'.join(
+        [SOURCE.read_text(), ' '.join(flags), version, _cpu_identity()]
+      ).encode()
+    ).hexdigest()[:20]
+    target = cache_dir() / f'schedule_free_v1_cpu-{key}.so'
+    try:
+      if not target.exists():
+        _build(compiler, flags, target)
+      return ctypes.CDLL(str(target))
+    except (KernelUnavailable, OSError) as error:
+      last_error = error
+  raise KernelUnavailable(str(last_error))
+
+
+def _declare(library: ctypes.CDLL) -> None:
+  pointers = ctypes.POINTER(ctypes.c_void_p)
+  sizes = ctypes.POINTER(ctypes.c_int64)
+  library.sf_v1_lerp.argtypes = [
+    ctypes.c_int64,
+    sizes,
+    pointers,
+    pointers,
+    ctypes.c_float,
+    ctypes.c_int,
+  ]
+  library.sf_v1_lerp.restype = None
+  library.sf_v1_update.argtypes = [
+    ctypes.c_int64,
+    sizes,
+    pointers,
+    pointers,
+    pointers,
+    pointers,
+    *[ctypes.c_float] * 7,
+    ctypes.c_int,
+  ]
+  library.sf_v1_update.restype = None
+
+
+def eligible(tensors: Sequence[torch.Tensor | None]) -> bool:
+  """Whether the kernel can take these aligned tensors of one parameter.
+
+  Args:
+    tensors: parameter, z, gradient (float32) and optionally v (bfloat16),
+      in that order.
+  """
+  wanted = (torch.float32, torch.float32, torch.float32, torch.bfloat16)
+  shape = tensors[0].shape
+  return all(
+    tensor is not None
+    and tensor.device.type == 'cpu'
+    and tensor.layout == torch.strided
+    and tensor.dtype == dtype
+    and tensor.shape == shape
+    and tensor.is_contiguous()
+    for tensor, dtype in zip(tensors, wanted, strict=False)
+  )
+
+
+def _pointer_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
+  return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _size_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
+  return (ctypes.c_int64 * len(tensors))(*[t.numel() for t in tensors])
+
+
+class CpuKernel:
+  """Calls into the built library; use `load_kernel()` to get one."""
+
+  def __init__(self, library: ctypes.CDLL) -> None:
+    self._library = library
+
+  def lerp_(
+    self,
+    params: Sequence[torch.Tensor],
+    zs: Sequence[torch.Tensor],
+    weight: float,
+  ) -> None:
+    """`param.lerp_(z, weight)` for each pair, with the same bits."""
+    if not params:
+      return
+    self._library.sf_v1_lerp(
+      len(params),
+      _size_array(params),
+      _pointer_array(params),
+      _pointer_array(zs),
+      weight,
+      torch.get_num_threads(),
+    )
+
+  def update_(
+    self,
+    params: Sequence[torch.Tensor],
+    zs: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+    scalars: Sequence[float],
+  ) -> None:
+    """The v1 update of each parameter, bit-identical to `_update_loop`.
+
+    Args:
+      params, zs, grads, vs: aligned tensors that pass `eligible`.
+      scalars: back_to_x, beta2, one_minus_beta2, eps, minus_step_size,
+        decay, averaging_weight (the fields of `_UpdateScalars`).
+    """
+    if not params:
+      return
+    back_to_x, beta2, one_minus_beta2, eps, minus_step, decay, average = scalars
+    self._library.sf_v1_update(
+      len(params),
+      _size_array(params),
+      _pointer_array(params),
+      _pointer_array(zs),
+      _pointer_array(grads),
+      _pointer_array(vs),
+      back_to_x,
+      beta2,
+      one_minus_beta2,
+      eps,
+      minus_step,
+      -decay,
+      average,
+      torch.get_num_threads(),
+    )
+
+
+def _reference_update(param, z, grad, v, scalars) -> None:
+  """The torch ops the kernel replaces (kept in step with `_update_loop`)."""
+  back_to_x, beta2, one_minus_beta2, eps, minus_step, decay, average = scalars
+  param.lerp_(z, back_to_x)
+  v.mul_(beta2).addcmul_(grad, grad, value=one_minus_beta2)
+  denominator = v.sqrt().add_(eps)
+  z.addcdiv_(grad, denominator, value=minus_step)
+  z.sub_(param, alpha=decay)
+  param.lerp_(z, average)
+
+
+def _probe_mismatch(kernel: CpuKernel) -> str | None:
+  """Runs kernel and torch ops on the same probe; names the first mismatch.
+
+  The probe covers both lerp branches, gradients over twelve decades,
+  v = 0 (where the denominator is eps) and lengths that leave vector tails.
+  """
+  generator = torch.Generator().manual_seed(0)
+  beta2 = 0.9955159689799007
+  for size, average in ((1, 1.0), (37, 0.3), (1000, 0.7), (70_001, 0.01)):
+    param = torch.randn(size, generator=generator)
+    z = param + 0.1 * torch.randn(size, generator=generator)
+    exponent = torch.randint(-8, 4, (size,), generator=generator)
+    grad = torch.randn(size, generator=generator) * 10.0**exponent
+    v = (torch.rand(size, generator=generator) * 1e-3).to(torch.bfloat16)
+    v[::7] = 0
+    scalars = (1 - 1 / 0.9, beta2, 1 - beta2, 1e-8, -7e-4, 6e-5, average)
+    expected = [t.clone() for t in (param, z, v)]
+    _reference_update(expected[0], expected[1], grad, expected[2], scalars)
+    kernel.update_([param], [z], [grad], [v], scalars)
+    for name, got, want in zip('pzv', (param, z, v), expected, strict=True):
+      if not torch.equal(got, want):
+        count = int((got != want).sum())
+        return f'{name} differs in {count} of {size} elements'
+  moved = torch.randn(1000, generator=generator)
+  target = torch.randn(1000, generator=generator)
+  for weight in (0.1, -0.111, 0.9):
+    expected = moved.clone().lerp_(target, weight)
+    kernel.lerp_([moved], [target], weight)
+    if not torch.equal(moved, expected):
+      return f'lerp with weight {weight} differs'
+    moved = expected
+  return None
+
+
+@functools.cache
+def load_kernel() -> CpuKernel | None:
+  """The checked kernel, or None (with one warning) where it cannot be used.
+
+  $SFPERF_NO_CPU_KERNEL=1 turns it off without a warning.
+  """
+  if os.environ.get(DISABLE_ENV, '') not in ('', '0'):
+    return None
+  try:
+    kernel = CpuKernel(_built_library(_compiler()))
+    _declare(kernel._library)
+    mismatch = _probe_mismatch(kernel)
+    if mismatch is not None:
+      raise KernelUnavailable(
+        f'its step is not bit-identical to the torch ops here ({mismatch})'
+      )
+  except KernelUnavailable as error:
+    warnings.warn(
+      f'ScheduleFreeAdamWV1: one-pass CPU kernel not used, {error}; using '
+      f'torch ops (same results, slower). Set {DISABLE_ENV}=1 to silence.',
+      RuntimeWarning,
+      stacklevel=3,
+    )
+    return None
+  return kernel

@@ -1,0 +1,131 @@
+/* One-pass CPU step of ScheduleFreeAdamWV1 (sfperf/optim/schedule_free_v1.py).
+ *
+ * The per-parameter loop of that file runs eight torch ops, each a full pass
+ * over memory that rounds its result to the stored dtype. This file does the
+ * same arithmetic element by element in one pass, rounding wherever an op of
+ * the loop stores a value: float32 ops round to float32, and the second
+ * moment v rounds to bfloat16 after each op that writes it. Where torch's
+ * CPU kernels use a fused multiply-add (lerp, add/sub with alpha) this code
+ * calls fmaf; everywhere else it multiplies and adds separately, and it must
+ * be built with -ffp-contract=off so that the compiler adds no other fused
+ * multiply-adds. The Python side tests the result against the loop bit for
+ * bit before it is used.
+ *
+ * Built on first use by sfperf/optim/cpu_kernel.py; no Python or torch
+ * headers are needed. Tensors are float32 (p: the parameter, z, g: the
+ * gradient) and bfloat16 bits (v), contiguous, one pointer per tensor.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Tensors longer than this are split into chunks of this many elements,
+ * shared among threads; shorter ones are one chunk. */
+#define CHUNK 65536
+
+static inline float bf16_to_float(uint16_t bits) {
+  uint32_t wide = (uint32_t)bits << 16;
+  float value;
+  memcpy(&value, &wide, sizeof value);
+  return value;
+}
+
+/* Round to nearest even, as torch's float -> bfloat16 conversion. */
+static inline uint16_t float_to_bf16(float value) {
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof bits);
+  if (value != value) return 0x7fc0; /* NaN stays NaN */
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return (uint16_t)(bits >> 16);
+}
+
+static inline float round_bf16(float value) {
+  return bf16_to_float(float_to_bf16(value));
+}
+
+/* torch.lerp: from start by weight towards end; the formula is mirrored
+ * around weight 0.5 for accuracy, as torch does. */
+static inline float lerp(float start, float end, float weight, int small) {
+  return small ? fmaf(weight, end - start, start)
+               : fmaf(weight - 1.0f, end - start, end);
+}
+
+static inline int lerp_weight_small(float weight) {
+  return fabsf(weight) < 0.5f;
+}
+
+/* p <- lerp(p, z, weight) over n elements: the move from x to y. */
+static void lerp_range(int64_t n, float *restrict p, const float *restrict z,
+                       float weight) {
+  const int small = lerp_weight_small(weight);
+  for (int64_t i = 0; i < n; ++i) p[i] = lerp(p[i], z[i], weight, small);
+}
+
+typedef struct {
+  float back_to_x, beta2, one_minus_beta2, eps, minus_step_size,
+      minus_decay, averaging_weight;
+} update_scalars;
+
+/* The update of _update_loop, element by element; p holds y on entry and
+ * x on return. */
+static void update_range(int64_t n, float *restrict p, float *restrict z,
+                         const float *restrict g, uint16_t *restrict v,
+                         const update_scalars *s) {
+  const int back_small = lerp_weight_small(s->back_to_x);
+  const int average_small = lerp_weight_small(s->averaging_weight);
+  /* torch adds a Python scalar to a bfloat16 tensor after rounding the
+   * scalar to bfloat16 (1e-8 becomes 1.00117e-8); so does the loop. */
+  const float eps = round_bf16(s->eps);
+  for (int64_t i = 0; i < n; ++i) {
+    const float grad = g[i];
+    const float x = lerp(p[i], z[i], s->back_to_x, back_small);
+
+    const float decayed = round_bf16(bf16_to_float(v[i]) * s->beta2);
+    const uint16_t v_new =
+        float_to_bf16(decayed + s->one_minus_beta2 * grad * grad);
+    float denominator = round_bf16(sqrtf(bf16_to_float(v_new)));
+    denominator = round_bf16(denominator + eps);
+
+    float z_new = z[i] + s->minus_step_size * grad / denominator;
+    z_new = fmaf(x, s->minus_decay, z_new);
+
+    p[i] = lerp(x, z_new, s->averaging_weight, average_small);
+    z[i] = z_new;
+    v[i] = v_new;
+  }
+}
+
+static int64_t num_chunks(int64_t n) { return (n + CHUNK - 1) / CHUNK; }
+
+void sf_v1_lerp(int64_t count, const int64_t *sizes, float *const *p,
+                float *const *z, float weight, int threads) {
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t chunks = num_chunks(sizes[t]);
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t start = c * CHUNK;
+      const int64_t end = start + CHUNK < sizes[t] ? start + CHUNK : sizes[t];
+      lerp_range(end - start, p[t] + start, z[t] + start, weight);
+    }
+  }
+}
+
+void sf_v1_update(int64_t count, const int64_t *sizes, float *const *p,
+                  float *const *z, const float *const *g, uint16_t *const *v,
+                  float back_to_x, float beta2, float one_minus_beta2,
+                  float eps, float minus_step_size, float minus_decay,
+                  float averaging_weight, int threads) {
+  const update_scalars s = {back_to_x,       beta2,       one_minus_beta2,
+                            eps,             minus_step_size, minus_decay,
+                            averaging_weight};
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t chunks = num_chunks(sizes[t]);
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t start = c * CHUNK;
+      const int64_t end = start + CHUNK < sizes[t] ? start + CHUNK : sizes[t];
+      update_range(end - start, p[t] + start, z[t] + start, g[t] + start,
+                   v[t] + start, &s);
+    }
+  }
+}
