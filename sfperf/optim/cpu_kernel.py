@@ -1,149 +1,21 @@
-"""The one-pass CPU kernel of ScheduleFreeAdamWV1: build, check and call.
+"""The one-pass CPU kernel of ScheduleFreeAdamWV1: check and call from torch.
 
-`schedule_free_v1_cpu.c` is compiled on first use with the system C compiler
-into a per-user cache, keyed by the source, the flags, the compiler and the
-host CPU, and loaded with ctypes. Before the kernel is handed out it runs one
-step on a probe set beside the torch ops it replaces; any bit of difference
-and it is not used. Every failure (no compiler, a build error, a mismatch)
-falls back to the torch ops with one warning that says why.
+`schedule_free_v1_cpu.c` is built on first use (sfperf/optim/native_build.py)
+and loaded with ctypes. Before the kernel is handed out it runs one step on a
+probe set beside the torch ops it replaces; any bit of difference and it is
+not used. Every failure (no compiler, a build error, a mismatch) falls back
+to the torch ops with one warning that says why.
 """
 
 import ctypes
 import functools
-import hashlib
-import os
-import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from collections.abc import Sequence
 
 import torch
 
-# `sfperf pack` copies these beside this module when it vendors it.
-VENDORED_FILES = ('schedule_free_v1_cpu.c',)
-SOURCE = pathlib.Path(__file__).with_name(VENDORED_FILES[0])
-
-# -ffp-contract=off: the kernel's fused multiply-adds are the ones it asks
-# for (where torch's kernels use one), no others. -march=native is why the
-# cache key includes the CPU.
-BASE_FLAGS = (
-  '-O3',
-  '-march=native',
-  '-mprefer-vector-width=512',
-  '-ffp-contract=off',
-  '-fno-math-errno',
-  '-shared',
-  '-fPIC',
-)
-OPENMP_FLAG = '-fopenmp'
-
-CACHE_ENV = 'SFPERF_KERNEL_CACHE'
-DISABLE_ENV = 'SFPERF_NO_CPU_KERNEL'
-
-
-class KernelUnavailable(RuntimeError):
-  """The CPU kernel could not be built, loaded or trusted here."""
-
-
-def cache_dir() -> pathlib.Path:
-  """Where built kernels are kept: $SFPERF_KERNEL_CACHE, else the XDG cache."""
-  if os.environ.get(CACHE_ENV):
-    return pathlib.Path(os.environ[CACHE_ENV])
-  base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
-  return pathlib.Path(base) / 'sfperf' / 'kernels'
-
-
-def _cpu_identity() -> str:
-  """The CPU's model and feature flags, which -march=native compiles for."""
-  try:
-    lines = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
-  except OSError:
-    return platform.processor() or platform.machine()
-  wanted = [
-    line
-    for line in lines
-    if line.startswith(('model name', 'flags', 'Features', 'CPU part'))
-  ]
-  return '\n'.join(dict.fromkeys(wanted))  # one copy per distinct line
-
-
-def _compiler() -> str:
-  """$CC if set, else cc or gcc on the PATH, as an absolute path."""
-  wanted = os.environ.get('CC')
-  compiler = (
-    shutil.which(wanted)
-    if wanted
-    else (shutil.which('cc') or shutil.which('gcc'))
-  )
-  if compiler is None:
-    named = f'CC={wanted!r} is not an executable' if wanted else 'none found'
-    raise KernelUnavailable(
-      f'no C compiler ({named}; install gcc or set CC to one)'
-    )
-  return compiler
-
-
-def _compiler_version(compiler: str) -> str:
-  try:
-    result = subprocess.run(
-      [compiler, '--version'], capture_output=True, text=True, check=False
-    )
-  except OSError as error:
-    raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
-  return result.stdout
-
-
-def _build(compiler: str, flags: Sequence[str], target: pathlib.Path) -> None:
-  """Compiles the source into `target`, atomically."""
-  target.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(
-    dir=target.parent, prefix=target.name, suffix='.tmp'
-  )
-  os.close(handle)
-  try:
-    try:
-      result = subprocess.run(
-        [compiler, *flags, '-o', temporary, str(SOURCE)],
-        capture_output=True,
-        text=True,
-        check=False,
-      )
-    except OSError as error:
-      raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
-    if result.returncode != 0:
-      raise KernelUnavailable(
-        f'{compiler} failed on {SOURCE.name}: {result.stderr.strip()[-500:]}'
-      )
-    os.replace(temporary, target)
-  finally:
-    if os.path.exists(temporary):
-      os.unlink(temporary)
-
-
-def _built_library(compiler: str) -> ctypes.CDLL:
-  """Loads the cached build, building it first if needed.
-
-  OpenMP is tried first; a compiler without it gets a one-thread build.
-  """
-  version = _compiler_version(compiler)
-  last_error = None
-  for flags in ((*BASE_FLAGS, OPENMP_FLAG), BASE_FLAGS):
-    key = hashlib.sha256(
-      '\0'.join(
-        [SOURCE.read_text(), ' '.join(flags), version, _cpu_identity()]
-      ).encode()
-    ).hexdigest()[:20]
-    target = cache_dir() / f'schedule_free_v1_cpu-{key}.so'
-    try:
-      if not target.exists():
-        _build(compiler, flags, target)
-      return ctypes.CDLL(str(target))
-    except (KernelUnavailable, OSError) as error:
-      last_error = error
-  raise KernelUnavailable(str(last_error))
+from sfperf.optim import native_build
+from sfperf.optim.native_build import DISABLE_ENV, KernelUnavailable
 
 
 def _declare(library: ctypes.CDLL) -> None:
@@ -166,6 +38,7 @@ def _declare(library: ctypes.CDLL) -> None:
     pointers,
     pointers,
     *[ctypes.c_float] * 7,
+    ctypes.c_int,
     ctypes.c_int,
   ]
   library.sf_v1_update.restype = None
@@ -255,6 +128,7 @@ class CpuKernel:
       minus_step,
       -decay,
       average,
+      1,  # the parameters hold y
       torch.get_num_threads(),
     )
 
@@ -310,10 +184,14 @@ def load_kernel() -> CpuKernel | None:
 
   $SFPERF_NO_CPU_KERNEL=1 turns it off without a warning.
   """
-  if os.environ.get(DISABLE_ENV, '') not in ('', '0'):
+  if native_build.disabled():
     return None
   try:
-    kernel = CpuKernel(_built_library(_compiler()))
+    kernel = CpuKernel(
+      native_build.load_library(
+        native_build.C_SOURCE, native_build.c_compiler()
+      )
+    )
     _declare(kernel._library)
     mismatch = _probe_mismatch(kernel)
     if mismatch is not None:

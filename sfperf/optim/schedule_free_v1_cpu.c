@@ -64,13 +64,15 @@ static void lerp_range(int64_t n, float *restrict p, const float *restrict z,
 typedef struct {
   float back_to_x, beta2, one_minus_beta2, eps, minus_step_size,
       minus_decay, averaging_weight;
+  int from_y; /* p holds y (PyTorch) rather than x (JAX) on entry */
 } update_scalars;
 
-/* The update of _update_loop, element by element; p holds y on entry and
- * x on return. */
-static void update_range(int64_t n, float *restrict p, float *restrict z,
-                         const float *restrict g, uint16_t *restrict v,
-                         const update_scalars *s) {
+/* The update of _update_loop, element by element; p holds y (from_y) or x
+ * on entry, and x on return. Inlined with from_y a constant, so that each
+ * caller gets a loop without the branch. */
+static inline __attribute__((always_inline)) void update_elements(
+    int64_t n, float *restrict p, float *restrict z, const float *restrict g,
+    uint16_t *restrict v, const update_scalars *s, const int from_y) {
   const int back_small = lerp_weight_small(s->back_to_x);
   const int average_small = lerp_weight_small(s->averaging_weight);
   /* torch adds a Python scalar to a bfloat16 tensor after rounding the
@@ -78,7 +80,8 @@ static void update_range(int64_t n, float *restrict p, float *restrict z,
   const float eps = round_bf16(s->eps);
   for (int64_t i = 0; i < n; ++i) {
     const float grad = g[i];
-    const float x = lerp(p[i], z[i], s->back_to_x, back_small);
+    const float x =
+        from_y ? lerp(p[i], z[i], s->back_to_x, back_small) : p[i];
 
     const float decayed = round_bf16(bf16_to_float(v[i]) * s->beta2);
     const uint16_t v_new =
@@ -93,6 +96,15 @@ static void update_range(int64_t n, float *restrict p, float *restrict z,
     z[i] = z_new;
     v[i] = v_new;
   }
+}
+
+static void update_range(int64_t n, float *restrict p, float *restrict z,
+                         const float *restrict g, uint16_t *restrict v,
+                         const update_scalars *s) {
+  if (s->from_y)
+    update_elements(n, p, z, g, v, s, 1);
+  else
+    update_elements(n, p, z, g, v, s, 0);
 }
 
 static int64_t num_chunks(int64_t n) { return (n + CHUNK - 1) / CHUNK; }
@@ -110,14 +122,16 @@ void sf_v1_lerp(int64_t count, const int64_t *sizes, float *const *p,
   }
 }
 
+/* The update of `count` tensors: p holds y (PyTorch's closure form) when
+ * from_y is 1, x (JAX) when it is 0. */
 void sf_v1_update(int64_t count, const int64_t *sizes, float *const *p,
                   float *const *z, const float *const *g, uint16_t *const *v,
                   float back_to_x, float beta2, float one_minus_beta2,
                   float eps, float minus_step_size, float minus_decay,
-                  float averaging_weight, int threads) {
+                  float averaging_weight, int from_y, int threads) {
   const update_scalars s = {back_to_x,       beta2,       one_minus_beta2,
                             eps,             minus_step_size, minus_decay,
-                            averaging_weight};
+                            averaging_weight, from_y};
   for (int64_t t = 0; t < count; ++t) {
     const int64_t chunks = num_chunks(sizes[t]);
 #pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)

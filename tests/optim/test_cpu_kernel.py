@@ -12,14 +12,14 @@ import warnings
 import pytest
 import torch
 
-from sfperf.optim import ScheduleFreeAdamWV1, cpu_kernel
+from sfperf.optim import ScheduleFreeAdamWV1, cpu_kernel, native_build
 
 
 @pytest.fixture
 def fresh_kernel(tmp_path, monkeypatch):
   """An empty kernel cache and no memory of an earlier load."""
-  monkeypatch.setenv(cpu_kernel.CACHE_ENV, str(tmp_path / 'cache'))
-  monkeypatch.delenv(cpu_kernel.DISABLE_ENV, raising=False)
+  monkeypatch.setenv(native_build.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.delenv(native_build.DISABLE_ENV, raising=False)
   cpu_kernel.load_kernel.cache_clear()
   yield tmp_path / 'cache'
   cpu_kernel.load_kernel.cache_clear()
@@ -128,7 +128,7 @@ def test_no_compiler_falls_back_with_one_warning(fresh_kernel, monkeypatch):
 def test_a_build_error_names_the_compiler_output(fresh_kernel, monkeypatch):
   broken = fresh_kernel.parent / 'broken.c'
   broken.write_text('this is not C;\n')
-  monkeypatch.setattr(cpu_kernel, 'SOURCE', broken)
+  monkeypatch.setattr(native_build, 'C_SOURCE', broken)
   with pytest.warns(RuntimeWarning, match=r'failed on broken\.c: .*error'):
     assert cpu_kernel.load_kernel() is None
   assert not list(fresh_kernel.glob('*'))  # nothing half-written is kept
@@ -150,7 +150,7 @@ def test_a_kernel_that_differs_from_torch_is_not_used(
 def test_the_environment_switch_turns_it_off_silently(
   fresh_kernel, monkeypatch
 ):
-  monkeypatch.setenv(cpu_kernel.DISABLE_ENV, '1')
+  monkeypatch.setenv(native_build.DISABLE_ENV, '1')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     assert cpu_kernel.load_kernel() is None

@@ -113,9 +113,8 @@ change = max(
 assert change > 0, 'parameters did not change'
 assert not any(name.split('.')[0] == 'sfperf' for name in sys.modules)
 # The one-pass CPU kernel was built from the packed copy of its source.
-kernel_module = sys.modules['{name}.cpu_kernel']
-assert kernel_module.load_kernel() is not None
-assert kernel_module.SOURCE.parent.name == '{name}'
+assert sys.modules['{name}.cpu_kernel'].load_kernel() is not None
+assert sys.modules['{name}.native_build'].C_SOURCE.parent.name == '{name}'
 print('PACKED-OK', batch_size, change)
 """
 
@@ -156,6 +155,7 @@ def test_packed_self_tuning_entry_runs_without_sfperf(tmp_path, capsys):
     'divergence_reset.py',
     'entry_2024.py',
     'foreach.py',
+    'native_build.py',
     'requirements.txt',
     'schedule_free_v1.py',
     'schedule_free_v1_cpu.c',
@@ -242,6 +242,7 @@ def test_external_v05_pack(tmp_path):
     'sfperf.entry_2024',
     'sfperf.optim.cpu_kernel',
     'sfperf.optim.foreach',
+    'sfperf.optim.native_build',
     'sfperf.optim.schedule_free_v1',
     'sfperf.submission_utils',
     'sfperf.torch_submission_utils',
