@@ -7,7 +7,9 @@ parameters and optimizer state donated, timed until `block_until_ready`:
 
 - `optax_adamw`: `optax.adamw` update plus `optax.apply_updates`.
 - `sf_v1_jax`: `schedule_free_adamw_v1(...).update`, the entry's update
-  (z, bfloat16 v and x; the entry's r = 0.75 and warmup).
+  (z, bfloat16 v and x; the entry's r = 0.75 and warmup). On this CPU it
+  runs the one-pass kernel through XLA FFI (same bits as jax.numpy);
+  SFPERF_NO_CPU_KERNEL=1 times the jax.numpy form instead.
 - `sf_v1_jax_gradient_point`: `gradient_point` alone, which a train step
   also runs (y = x + (1 - b1)(z - x), written out as the forward's input);
   optax.adamw has no such pass. Timed on its own because jitting it

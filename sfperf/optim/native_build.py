@@ -69,7 +69,9 @@ def _cpu_identity() -> str:
   return '\n'.join(dict.fromkeys(wanted))  # one copy per distinct line
 
 
-def _find_compiler(variable: str, candidates: Sequence[str]) -> str:
+def _find_compiler(
+  language: str, variable: str, candidates: Sequence[str]
+) -> str:
   """$variable if set, else the first candidate on the PATH, made absolute."""
   wanted = os.environ.get(variable)
   if wanted:
@@ -81,19 +83,20 @@ def _find_compiler(variable: str, candidates: Sequence[str]) -> str:
       f'{variable}={wanted!r} is not an executable' if wanted else 'none found'
     )
     raise KernelUnavailable(
-      f'no {candidates[-1]} compiler ({named}; install it or set {variable})'
+      f'no {language} compiler ({named}; install {candidates[-1]} or set '
+      f'{variable})'
     )
   return compiler
 
 
 def c_compiler() -> str:
   """The C compiler: $CC, else cc or gcc."""
-  return _find_compiler('CC', ('cc', 'gcc'))
+  return _find_compiler('C', 'CC', ('cc', 'gcc'))
 
 
 def cxx_compiler() -> str:
   """The C++ compiler: $CXX, else c++ or g++."""
-  return _find_compiler('CXX', ('c++', 'g++'))
+  return _find_compiler('C++', 'CXX', ('c++', 'g++'))
 
 
 def _compiler_version(compiler: str) -> str:

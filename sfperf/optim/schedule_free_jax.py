@@ -5,12 +5,16 @@ the style of an optax transformation, with x held in the parameters between
 steps and y computed from x and z only while the gradient is taken.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from sfperf.optim import xla_kernel
 
 Params = Any  # a pytree of float arrays
 
@@ -90,6 +94,53 @@ def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
   return base + factor * (end - start)
 
 
+def _leaf_update(x, z, v, grad, step, *, beta2, eps):
+  """One parameter's update in jax.numpy: returns new (x, z, v).
+
+  Args:
+    x, z: the parameter (x) and its base iterate, any float dtype.
+    v: the second moment, in the dtype it is stored in.
+    grad: float32 gradient at y.
+    step: float32[3]: -step_size, -step_size * weight_decay and the
+      averaging weight c_k.
+    beta2, eps: the optimizer's settings, Python floats.
+  """
+  x32 = x.astype(jnp.float32)
+  z32 = z.astype(jnp.float32)
+  v_dtype = v.dtype
+
+  # The entry's order of operations on its bfloat16 buffer.
+  v_new = _round_like_torch(v.astype(jnp.float32) * beta2, v_dtype)
+  v_new = _round_like_torch(v_new + ((1.0 - beta2) * grad) * grad, v_dtype)
+  # Materialize v first. Without the barrier XLA (CPU) recomputes v inside
+  # the z loop from a copy of the donated old v, which made the step about
+  # twice as slow; with it, the z loop reads the stored 16-bit v.
+  v_stored = jax.lax.optimization_barrier(v_new.astype(v_dtype))
+  v_new = v_stored.astype(jnp.float32)
+  denominator = _round_like_torch(jnp.sqrt(v_new), v_dtype)
+  # torch adds a Python scalar to a bfloat16 tensor after rounding it to
+  # bfloat16 (1e-8 becomes 1.00117e-8); so does the entry's denominator.
+  eps_in_v_dtype = float(np.asarray(eps, v_dtype))
+  denominator = _round_like_torch(denominator + eps_in_v_dtype, v_dtype)
+
+  z_new = z32 + (step[0] * grad) / denominator
+  z_new = z_new + step[1] * x32
+  x_new = _lerp(x32, z_new, step[2])
+  return x_new.astype(x.dtype), z_new.astype(z.dtype), v_stored
+
+
+def _kernel_takes(x, z, v) -> bool:
+  """Whether the CPU kernel can update this leaf, and is usable here."""
+  return (
+    jax.default_backend() == 'cpu'
+    and x.dtype == jnp.float32
+    and z.dtype == jnp.float32
+    and v.dtype == jnp.bfloat16
+    and x.shape == z.shape == v.shape
+    and xla_kernel.kernel_available(_leaf_update)
+  )
+
+
 def schedule_free_adamw_v1(
   learning_rate: float = 1e-3,
   warmup_steps: int = 0,
@@ -126,16 +177,24 @@ def schedule_free_adamw_v1(
   moment: b1 is only the interpolation weight of y.
 
   As in the entry, v is rounded to bfloat16 after each of its two updates,
-  and sqrt(v) and sqrt(v) + eps are rounded to bfloat16 too; the decay is
-  computed at x and applied to z; the lr is floored at eps, so S_k > 0 and
-  lr = 0 still moves the parameters by steps of about eps.
+  and sqrt(v) and sqrt(v) + eps are rounded to bfloat16 too, with eps itself
+  rounded to bfloat16 first as torch does when it adds a Python scalar to a
+  bfloat16 tensor (1e-8 becomes 1.00117e-8); the decay is computed at x and
+  applied to z; the lr is floored at eps, so S_k > 0 and lr = 0 still moves
+  the parameters by steps of about eps.
+
+  On the CPU backend each float32 leaf is updated by a one-pass native
+  kernel (sfperf/optim/xla_kernel.py), which XLA calls as a custom call; it
+  gives the same bits as the jax.numpy form that runs elsewhere (checked on
+  a probe before first use; any difference and jax.numpy is used). Memory:
+  z and v are the only parameter-sized buffers kept; the update allocates
+  none when parameters and state are donated.
 
   Differences from the PyTorch class `ScheduleFreeAdamWV1`, none of them
   more than float32 rounding: the per-step scalars are float32 here (Python
   floats, i.e. float64, there; S_k accumulates float32 rounding, about
   1e-7 relative per step); x is kept as it is, where the PyTorch class
-  recovers it from y by an inverse lerp each step (a few ulps of drift);
-  and XLA may fuse multiply-adds differently from torch's kernels.
+  recovers it from y by an inverse lerp each step (a few ulps of drift).
 
   Args:
     learning_rate: base learning rate gamma, reached at the end of warmup.
@@ -213,25 +272,22 @@ def schedule_free_adamw_v1(
     )
 
   def update_leaf(x, z, v, grad, scalars):
-    x32 = x.astype(jnp.float32)
-    z32 = z.astype(jnp.float32)
     grad = grad.astype(jnp.float32)
-
-    # The entry's order of operations on its bfloat16 buffer.
-    v_new = _round_like_torch(v.astype(jnp.float32) * b2, v_dtype)
-    v_new = _round_like_torch(v_new + ((1.0 - b2) * grad) * grad, v_dtype)
-    # Materialize v first. Without the barrier XLA (CPU) recomputes v inside
-    # the z loop from a copy of the donated old v, which made the step about
-    # twice as slow; with it, the z loop reads the stored 16-bit v.
-    v_stored = jax.lax.optimization_barrier(v_new.astype(v.dtype))
-    v_new = v_stored.astype(jnp.float32)
-    denominator = _round_like_torch(jnp.sqrt(v_new), v_dtype)
-    denominator = _round_like_torch(denominator + eps, v_dtype)
-
-    z_new = z32 + (-scalars.step_size * grad) / denominator
-    z_new = z_new - (scalars.step_size * weight_decay) * x32
-    x_new = _lerp(x32, z_new, scalars.averaging_weight)
-    return x_new.astype(x.dtype), z_new.astype(z.dtype), v_stored
+    # The leaf update's scalars, in float32 as the jax.numpy form uses them.
+    step = jnp.stack(
+      [
+        -scalars.step_size,
+        -(scalars.step_size * weight_decay),
+        scalars.averaging_weight,
+      ]
+    )
+    jnp_form = functools.partial(_leaf_update, beta2=b2, eps=eps)
+    if not _kernel_takes(x, z, v):
+      return jnp_form(x, z, v, grad, step)
+    kernel_form = functools.partial(xla_kernel.kernel_update, beta2=b2, eps=eps)
+    return jax.lax.platform_dependent(
+      x, z, v, grad, step, cpu=kernel_form, default=jnp_form
+    )
 
   def update(
     grads: Params, state: ScheduleFreeV1State, params: Params
