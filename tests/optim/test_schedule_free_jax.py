@@ -45,10 +45,10 @@ ENTRY = {
 # rounds them once, JAX computes them in float32; torch recovers x from y by
 # an inverse lerp each step (a few ulps of drift), JAX keeps x. Measured:
 # 2.7e-7 after 60 steps (5e-7 before the JAX form rounded eps to bfloat16
-# as torch does). The bound leaves room for the one discontinuous effect: when two
-# float32 values of v straddle a bfloat16 rounding tie, v differs by one
-# bfloat16 ulp (2^-8 relative) and that element's step by up to 2^-9
-# relative, i.e. up to lr * 2^-9 = 4e-5 at lr = 0.02, per flip.
+# as torch does). The bound leaves room for the one discontinuous effect:
+# when two float32 values of v straddle a bfloat16 rounding tie, v differs
+# by one bfloat16 ulp (2^-8 relative) and that element's step by up to
+# 2^-9 relative, i.e. up to lr * 2^-9 = 4e-5 at lr = 0.02, per flip.
 TORCH_TOLERANCE = 1e-4
 
 # Largest |x_ours - x_optax| when every difference is switched off. Again

@@ -456,3 +456,54 @@ def test_a_vendored_file_that_is_missing_fails(tmp_path, monkeypatch):
   assert pack_module.vendored_files(['sfperf.reader']) == {
     'table.bin': str(tmp_path / 'table.bin')
   }
+
+
+_RUN_PACKED_JAX_KERNEL = """
+import importlib
+import importlib.util
+import sys
+
+sys.path[:0] = {paths!r}
+assert importlib.util.find_spec('sfperf') is None, 'sfperf is importable'
+
+import jax
+import jax.numpy as jnp
+
+optimizer_module = importlib.import_module('{name}.schedule_free_jax')
+kernel_module = sys.modules['{name}.xla_kernel']
+optimizer = optimizer_module.schedule_free_adamw_v1(learning_rate=0.1)
+params = {{'w': jnp.ones(5)}}
+lowered = jax.jit(optimizer.update).lower(
+  params, optimizer.init(params), params
+)
+assert kernel_module.TARGET_NAME in lowered.as_text()
+assert kernel_module.SOURCE.parent.name == '{name}'
+assert not any(name.split('.')[0] == 'sfperf' for name in sys.modules)
+print('PACKED-JAX-KERNEL-OK')
+"""
+
+
+def test_packed_jax_entry_builds_its_kernel_from_the_packed_sources(tmp_path):
+  source = os.path.join(REPO, 'submissions/self_tuning/schedule_free_adamw_jax')
+  result = pack_submission(locate(source), str(tmp_path / 'out'))
+  assert {'schedule_free_v1_cpu.c', 'schedule_free_v1_xla.cc'} <= set(
+    result.files
+  )
+  assert 'sfperf.optim.cpu_kernel' not in result.vendored  # no torch import
+
+  folder = tmp_path / 'out' / 'submissions' / 'self_tuning'
+  script = _RUN_PACKED_JAX_KERNEL.format(
+    paths=[str(folder), sysconfig.get_paths()['purelib']],
+    name='schedule_free_adamw_jax',
+  )
+  completed = subprocess.run(
+    [sys.executable, '-I', '-S', '-c', script],
+    capture_output=True,
+    text=True,
+    timeout=180,
+    cwd=tmp_path,
+    env={**os.environ, 'SFPERF_KERNEL_CACHE': str(tmp_path / 'cache')},
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert 'PACKED-JAX-KERNEL-OK' in completed.stdout
+  assert list((tmp_path / 'cache').glob('schedule_free_v1_xla-*.so'))
