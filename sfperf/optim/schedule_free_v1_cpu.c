@@ -17,11 +17,13 @@
  */
 #include <math.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <string.h>
 
-/* Tensors longer than this are split into chunks of this many elements,
- * shared among threads; shorter ones are one chunk. */
-#define CHUNK 65536
+/* Fewer elements than this in one call are not worth waking threads for. */
+#define PARALLEL_MIN 65536
 
 static inline float bf16_to_float(uint16_t bits) {
   uint32_t wide = (uint32_t)bits << 16;
@@ -40,7 +42,13 @@ static inline uint16_t float_to_bf16(float value) {
 }
 
 static inline float round_bf16(float value) {
-  return bf16_to_float(float_to_bf16(value));
+  uint32_t bits;
+  memcpy(&bits, &value, sizeof bits);
+  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  if (value != value) rounded = 0x7fc00000u;
+  float result;
+  memcpy(&result, &rounded, sizeof result);
+  return result;
 }
 
 /* torch.lerp: from start by weight towards end; the formula is mirrored
@@ -72,9 +80,8 @@ typedef struct {
  * caller gets a loop without the branch. */
 static inline __attribute__((always_inline)) void update_elements(
     int64_t n, float *restrict p, float *restrict z, const float *restrict g,
-    uint16_t *restrict v, const update_scalars *s, const int from_y) {
-  const int back_small = lerp_weight_small(s->back_to_x);
-  const int average_small = lerp_weight_small(s->averaging_weight);
+    uint16_t *restrict v, const update_scalars *s, const int from_y,
+    const int back_small, const int average_small) {
   /* torch adds a Python scalar to a bfloat16 tensor after rounding the
    * scalar to bfloat16 (1e-8 becomes 1.00117e-8); so does the loop. */
   const float eps = round_bf16(s->eps);
@@ -84,9 +91,9 @@ static inline __attribute__((always_inline)) void update_elements(
         from_y ? lerp(p[i], z[i], s->back_to_x, back_small) : p[i];
 
     const float decayed = round_bf16(bf16_to_float(v[i]) * s->beta2);
-    const uint16_t v_new =
-        float_to_bf16(decayed + s->one_minus_beta2 * grad * grad);
-    float denominator = round_bf16(sqrtf(bf16_to_float(v_new)));
+    const float v_wide =
+        round_bf16(decayed + s->one_minus_beta2 * grad * grad);
+    float denominator = round_bf16(sqrtf(v_wide));
     denominator = round_bf16(denominator + eps);
 
     float z_new = z[i] + s->minus_step_size * grad / denominator;
@@ -94,32 +101,73 @@ static inline __attribute__((always_inline)) void update_elements(
 
     p[i] = lerp(x, z_new, s->averaging_weight, average_small);
     z[i] = z_new;
-    v[i] = v_new;
+    uint32_t v_bits;
+    memcpy(&v_bits, &v_wide, sizeof v_bits);
+    v[i] = (uint16_t)(v_bits >> 16);
   }
 }
 
 static void update_range(int64_t n, float *restrict p, float *restrict z,
                          const float *restrict g, uint16_t *restrict v,
                          const update_scalars *s) {
-  if (s->from_y)
-    update_elements(n, p, z, g, v, s, 1);
-  else
-    update_elements(n, p, z, g, v, s, 0);
+  const int b = lerp_weight_small(s->back_to_x);
+  const int a = lerp_weight_small(s->averaging_weight);
+  if (s->from_y) {
+    if (b && a) update_elements(n, p, z, g, v, s, 1, 1, 1);
+    else if (b) update_elements(n, p, z, g, v, s, 1, 1, 0);
+    else if (a) update_elements(n, p, z, g, v, s, 1, 0, 1);
+    else update_elements(n, p, z, g, v, s, 1, 0, 0);
+  } else {
+    if (a) update_elements(n, p, z, g, v, s, 0, 1, 1);
+    else update_elements(n, p, z, g, v, s, 0, 1, 0);
+  }
 }
 
-static int64_t num_chunks(int64_t n) { return (n + CHUNK - 1) / CHUNK; }
+/* The range of elements [*begin, *end), numbered across all tensors one
+ * after another, that this thread of the current parallel region updates:
+ * an equal share of `total`. */
+static void my_share(int64_t total, int64_t *begin, int64_t *end) {
+#ifdef _OPENMP
+  const int64_t threads = omp_get_num_threads();
+  const int64_t me = omp_get_thread_num();
+#else
+  const int64_t threads = 1, me = 0;
+#endif
+  *begin = total / threads * me + (me < total % threads ? me : total % threads);
+  *end = *begin + total / threads + (me < total % threads ? 1 : 0);
+}
 
+static int64_t total_size(int64_t count, const int64_t *sizes) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < count; ++t) total += sizes[t];
+  return total;
+}
+
+/* Calls `body` on the part [start, stop) of every tensor t that falls in
+ * this thread's share. A macro, so that each caller's loop inlines. */
+#define FOR_MY_PART(count, sizes, total, body)                            \
+  do {                                                                     \
+    int64_t begin_, end_, offset_ = 0;                                     \
+    my_share((total), &begin_, &end_);                                     \
+    for (int64_t t = 0; t < (count) && offset_ < end_; ++t) {              \
+      const int64_t first_ = offset_, last_ = offset_ + (sizes)[t];       \
+      offset_ = last_;                                                     \
+      if (last_ <= begin_) continue;                                       \
+      const int64_t start = (begin_ > first_ ? begin_ : first_) - first_; \
+      const int64_t stop = (end_ < last_ ? end_ : last_) - first_;        \
+      body;                                                                \
+    }                                                                      \
+  } while (0)
+
+/* Each call is one parallel region in which every thread takes an equal
+ * share of all elements, whatever the tensors' sizes. An element's result
+ * does not depend on the thread that computes it. */
 void sf_v1_lerp(int64_t count, const int64_t *sizes, float *const *p,
                 float *const *z, float weight, int threads) {
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t chunks = num_chunks(sizes[t]);
-#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t start = c * CHUNK;
-      const int64_t end = start + CHUNK < sizes[t] ? start + CHUNK : sizes[t];
-      lerp_range(end - start, p[t] + start, z[t] + start, weight);
-    }
-  }
+  const int64_t total = total_size(count, sizes);
+#pragma omp parallel num_threads(threads) if (total > PARALLEL_MIN)
+  FOR_MY_PART(count, sizes, total,
+              lerp_range(stop - start, p[t] + start, z[t] + start, weight));
 }
 
 /* The update of `count` tensors: p holds y (PyTorch's closure form) when
@@ -132,14 +180,9 @@ void sf_v1_update(int64_t count, const int64_t *sizes, float *const *p,
   const update_scalars s = {back_to_x,       beta2,       one_minus_beta2,
                             eps,             minus_step_size, minus_decay,
                             averaging_weight, from_y};
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t chunks = num_chunks(sizes[t]);
-#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t start = c * CHUNK;
-      const int64_t end = start + CHUNK < sizes[t] ? start + CHUNK : sizes[t];
-      update_range(end - start, p[t] + start, z[t] + start, g[t] + start,
-                   v[t] + start, &s);
-    }
-  }
+  const int64_t total = total_size(count, sizes);
+#pragma omp parallel num_threads(threads) if (total > PARALLEL_MIN)
+  FOR_MY_PART(count, sizes, total,
+              update_range(stop - start, p[t] + start, z[t] + start,
+                           g[t] + start, v[t] + start, &s));
 }
