@@ -18,9 +18,11 @@ ARG algoperf_ref=v0.6
 ARG algoperf_repo=https://github.com/mlcommons/algorithmic-efficiency.git
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1
+# build-essential: gcc and g++ build the optimizers' CPU kernels on first
+# use (sfperf/optim/native_build.py); GPU runs never need them.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common \
-      git ffmpeg pigz unzip curl ca-certificates \
+      git ffmpeg pigz unzip curl ca-certificates build-essential \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv \

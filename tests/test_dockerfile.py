@@ -36,3 +36,7 @@ def test_dockerignore_keeps_local_state_out():
   with open(os.path.join(REPO, '.dockerignore'), encoding='utf-8') as f:
     ignored = f.read().split()
   assert {'.venv', '.git', 'demo_out'} <= set(ignored)
+
+
+def test_the_image_has_the_compilers_the_cpu_kernels_need():
+  assert re.search(r'apt-get install[^&]*\bbuild-essential\b', _dockerfile())
