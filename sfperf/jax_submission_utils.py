@@ -40,6 +40,25 @@ class OptimizerSettings(NamedTuple):
   weight_lr_power: float
 
 
+# AlgoPerf's JAX checkpointing unpacks a submission's optimizer state as
+# `opt_state, opt_update_fn = optimizer_state` whenever it saves or looks
+# for a checkpoint (every official run does), so the state must be a pair;
+# it saves the first element and hands the second back unchanged. The
+# submissions here keep a dict of their own first and need no update_fn.
+RunnerOptimizerState = tuple[dict[str, Any], None]
+
+
+def runner_state(entry_state: dict[str, Any]) -> RunnerOptimizerState:
+  """The pair AlgoPerf's JAX runner expects, around a submission's dict."""
+  return (entry_state, None)
+
+
+def entry_state(optimizer_state: RunnerOptimizerState) -> dict[str, Any]:
+  """The submission's dict out of the runner's pair (see `runner_state`)."""
+  state, _ = optimizer_state
+  return state
+
+
 def check_batch_divisible(batch: dict[str, Any], num_devices: int) -> None:
   """Raises ValueError unless every batch array splits evenly over devices.
 

@@ -1,8 +1,9 @@
 """Framework-free mechanics the submission modules share.
 
-Batch-size lookup, the plain `data_selection`, and reading dropout from a
-trial's hyperparameters. Importing it imports neither torch nor jax, and it
-can be vendored beside a packed submission (`sfperf pack`).
+Batch-size lookup, the plain `data_selection`, reading dropout from a
+trial's hyperparameters, and a checkpointable holder for the plain values a
+PyTorch optimizer state keeps. Importing it imports neither torch nor jax,
+and it can be vendored beside a packed submission (`sfperf pack`).
 """
 
 import functools
@@ -120,3 +121,26 @@ def model_fn_takes_dropout(workload_class: type) -> bool:
   """
   parameters = inspect.signature(workload_class.model_fn).parameters
   return 'dropout_rate' in parameters
+
+
+class StatefulDict(dict):
+  """A dict with `state_dict`/`load_state_dict`, for plain values (counters,
+  flags) that a PyTorch submission keeps in its optimizer state.
+
+  AlgoPerf's PyTorch checkpointing calls `state_dict()` on every value of
+  the optimizer-state dict when it saves, and `load_state_dict()` on every
+  value when it resumes; an int or a bool has neither, so it would not be
+  saved and `--resume_last_run` would crash. Put such values in one of
+  these, under one key of the optimizer state.
+  """
+
+  def state_dict(self) -> dict[str, Any]:
+    return dict(self)
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    if set(state) != set(self):
+      raise KeyError(
+        f'saved values {sorted(state)} do not match {sorted(self)}; the '
+        'checkpoint is from another version of the submission'
+      )
+    self.update(state)

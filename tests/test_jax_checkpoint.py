@@ -111,8 +111,10 @@ def test_self_tuning_submission_resumes_bit_for_bit(tmp_path):
   uninterrupted = _train(workload, _fresh_state(workload), batches, 0)
 
   stopped = _train(workload, _fresh_state(workload), batches[:STOP_STEP], 0)
-  assert stopped['optimizer_state']['has_forced_reset']
-  assert stopped['optimizer_state']['max_checked_eval_step'] == len(FLAT_EVALS)
+  assert stopped['optimizer_state'][0]['has_forced_reset']
+  assert stopped['optimizer_state'][0]['max_checked_eval_step'] == len(
+    FLAT_EVALS
+  )
   path = str(tmp_path / f'checkpoint_{STOP_STEP}.npz')
   save_pytree(path, stopped)
   del stopped
@@ -122,14 +124,14 @@ def test_self_tuning_submission_resumes_bit_for_bit(tmp_path):
   restored = load_pytree(path, like)
   # What the fresh state would have got wrong, had it not been restored.
   assert (
-    restored['optimizer_state']['settings'].learning_rate
-    == like['optimizer_state']['settings'].learning_rate / 2
+    restored['optimizer_state'][0]['settings'].learning_rate
+    == like['optimizer_state'][0]['settings'].learning_rate / 2
   )
-  assert restored['optimizer_state']['optimizer_state'].v['hidden'][
+  assert restored['optimizer_state'][0]['optimizer_state'].v['hidden'][
     'kernel'
   ].dtype == (jnp.bfloat16)
   resumed = _train(
     fresh_workload, restored, batches[STOP_STEP:], first_step=STOP_STEP
   )
   _leaves_identical(uninterrupted, resumed)
-  assert int(resumed['optimizer_state']['optimizer_state'].k) > 0
+  assert int(resumed['optimizer_state'][0]['optimizer_state'].k) > 0

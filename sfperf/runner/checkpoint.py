@@ -38,22 +38,70 @@ class CheckpointError(ValueError):
   """No checkpoint of a trial can be read; the message names the files."""
 
 
-def _state_of(value: Any) -> Any:
-  if hasattr(value, 'state_dict'):
-    return value.state_dict()
-  if isinstance(value, dict):
-    return {key: _state_of(item) for key, item in value.items()}
-  return value
+def check_optimizer_state(optimizer_state: Any) -> None:
+  """Holds a PyTorch optimizer state to what AlgoPerf can checkpoint.
+
+  The official runner saves `value.state_dict()` for every value of the
+  optimizer-state dict that has one (warning about the others, which are
+  lost) and, on `--resume_last_run`, calls `load_state_dict` on every
+  value, so a plain int or bool makes a trial impossible to resume. This
+  runner does the same; here it says so once, at the start.
+
+  Raises:
+    TypeError: the state is not a dict (the official runner calls its
+      `keys()` at the first checkpoint).
+  """
+  if not isinstance(optimizer_state, dict):
+    raise TypeError(
+      'init_optimizer_state returned a '
+      f"{type(optimizer_state).__name__}; AlgoPerf's PyTorch runner needs "
+      'a dict of objects with state_dict() and load_state_dict() (an '
+      'optimizer, a scheduler, sfperf.submission_utils.StatefulDict)'
+    )
+  for key, value in optimizer_state.items():
+    if not _checkpointable(value):
+      logging.warning(
+        'optimizer_state[%r] (type %s) lacks state_dict() or '
+        'load_state_dict(): checkpoints leave it out and --resume_last_run '
+        'will fail, here as under the official runner. Keep plain values '
+        'in an object that has both (sfperf.submission_utils.StatefulDict).',
+        key,
+        type(value).__name__,
+      )
 
 
-def _load_into(live: Any, saved: Any) -> Any:
-  """Loads `saved` into stateful objects of `live`; returns the result."""
-  if hasattr(live, 'load_state_dict'):
-    live.load_state_dict(saved)
-    return live
-  if isinstance(live, dict) and isinstance(saved, dict):
-    return {key: _load_into(live.get(key), item) for key, item in saved.items()}
-  return saved
+def _checkpointable(value: Any) -> bool:
+  return hasattr(value, 'state_dict') and hasattr(value, 'load_state_dict')
+
+
+def _state_of(optimizer_state: Dict[str, Any]) -> Dict[str, Any]:
+  """What the official runner saves: each value's state_dict(), if any."""
+  return {
+    key: value.state_dict()
+    for key, value in optimizer_state.items()
+    if hasattr(value, 'state_dict')
+  }
+
+
+def _load_into(
+  path: str, live: Dict[str, Any], saved: Dict[str, Any]
+) -> Dict[str, Any]:
+  """Calls `load_state_dict` on every live value, as the official runner.
+
+  Raises:
+    CheckpointError: a value cannot be restored (no load_state_dict, or
+      nothing saved for it).
+  """
+  for key, value in live.items():
+    if not hasattr(value, 'load_state_dict') or key not in saved:
+      raise CheckpointError(
+        f'{path}: cannot resume: optimizer_state[{key!r}] (type '
+        f'{type(value).__name__}) was not saved or cannot be loaded (no '
+        'load_state_dict), and the official runner fails here too; keep '
+        'plain values in sfperf.submission_utils.StatefulDict'
+      )
+    value.load_state_dict(saved[key])
+  return live
 
 
 def _unwrap(model):
@@ -195,7 +243,7 @@ def restore_checkpoint(
     payload = read_checkpoint(path)
   _unwrap(model_params).load_state_dict(payload['model_params'])
   payload['optimizer_state'] = _load_into(
-    optimizer_state, payload['optimizer_state']
+    path, optimizer_state, payload['optimizer_state']
   )
   torch.set_rng_state(payload['torch_rng_state'])
   return payload

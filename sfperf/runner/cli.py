@@ -17,6 +17,7 @@ from sfperf.catalog import (
   load_proxy_catalog,
 )
 from sfperf.results.scoring import describe_outcome
+from sfperf.runner.checkpoint import CheckpointError
 from sfperf.runner.experiment import FRAMEWORKS, TUNING_RULESETS, run
 from sfperf.runner.loading import UsageError
 from sfperf.runner.training import SubmissionError
@@ -201,7 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
       hparam_end_index=fv.hparam_end_index,
       flag_values=fv.flag_values_dict(),
     )
-  except (UsageError, CatalogError) as e:
+  except (UsageError, CatalogError, CheckpointError) as e:
+    # CheckpointError: a checkpoint that reads but cannot be restored into
+    # this submission's state (see sfperf.runner.checkpoint).
     print(f'{argv[0]}: {e}', file=sys.stderr)
     return 2
   except SubmissionError as e:

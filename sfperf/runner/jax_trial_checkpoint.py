@@ -2,7 +2,9 @@
 
 A checkpoint is a directory `checkpoint_<global_step>` in the trial
 directory holding `state.npz`, the pytrees {'model_params', 'model_state',
-'optimizer_state'} written bit-exactly by `sfperf.jax_checkpoint`, and
+'optimizer_state'} written bit-exactly by `sfperf.jax_checkpoint` (of the
+submission's `(opt_state, opt_update_fn)` pair, only `opt_state`, as the
+official runner saves), and
 `meta.json`, the runner's fields as in the PyTorch checkpoints (train_state,
 eval_results, global_step, preemption_count, the root rng key and `extra`,
 with the number of batches drawn). It is written into a temporary directory
@@ -102,6 +104,25 @@ def latest_readable_checkpoint(
   return first_readable(checkpoints(trial_dir), read_checkpoint)
 
 
+def check_optimizer_state(optimizer_state: Any) -> None:
+  """Holds a JAX optimizer state to the pair AlgoPerf's runner unpacks.
+
+  The official runner does `opt_state, opt_update_fn = optimizer_state`
+  before the first step of every run (looking for a checkpoint) and at
+  every save, so anything else fails there.
+
+  Raises:
+    TypeError: the state is not a 2-tuple.
+  """
+  if not (isinstance(optimizer_state, tuple) and len(optimizer_state) == 2):
+    raise TypeError(
+      'init_optimizer_state returned a '
+      f'{type(optimizer_state).__name__}, not the pair (opt_state, '
+      "opt_update_fn) that AlgoPerf's JAX runner unpacks before the first "
+      'step; return (state, None) if there is no update function'
+    )
+
+
 def _json_default(value: Any) -> Any:
   if isinstance(value, (np.generic, jax.Array)):
     return np.asarray(value).tolist()
@@ -142,7 +163,7 @@ def save_checkpoint(
       {
         'model_params': model_params,
         'model_state': model_state,
-        'optimizer_state': optimizer_state,
+        'optimizer_state': optimizer_state[0],
       },
     )
     with open(os.path.join(temp_dir, META_FILE), 'w', encoding='utf-8') as f:
@@ -188,8 +209,9 @@ def restore_checkpoint(
 ) -> Dict[str, Any]:
   """Loads `path` into trees shaped like the given fresh ones.
 
-  Returns the checkpoint's fields with 'optimizer_state', 'model_params'
-  and 'model_state' holding the restored trees.
+  Returns the checkpoint's fields with 'optimizer_state' (the pair, its
+  update function taken from the given one), 'model_params' and
+  'model_state' holding the restored trees.
 
   Raises:
     CheckpointError: the saved trees do not fit the given ones (another
@@ -197,14 +219,16 @@ def restore_checkpoint(
   """
   if payload is None:
     payload = read_checkpoint(path)
+  opt_state, opt_update_fn = optimizer_state
   like = {
     'model_params': model_params,
     'model_state': model_state,
-    'optimizer_state': optimizer_state,
+    'optimizer_state': opt_state,
   }
   try:
     restored = jax_checkpoint.load_pytree(os.path.join(path, STATE_FILE), like)
   except (OSError, ValueError) as e:
     raise CheckpointError(str(e)) from None
+  restored['optimizer_state'] = (restored['optimizer_state'], opt_update_fn)
   payload.update(restored)
   return payload

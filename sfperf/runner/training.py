@@ -418,6 +418,9 @@ def train_once(
     optimizer_state = submission.init_optimizer_state(
       workload, model_params, model_state, hyperparameters, opt_rng
     )
+    # What the official runner's checkpointing needs of it, checked before
+    # the first step rather than at the first save or resume.
+    checkpoints.check_optimizer_state(optimizer_state)
   update_params = submission.update_params
   data_selection = submission.data_selection
   prepare_for_eval = None

@@ -195,9 +195,9 @@ def train(
     name: param.detach().clone() for name, param in module.named_parameters()
   }
   flags = {
-    key: optimizer_state[key]
+    key: optimizer_state['reset_check'][key]
     for key in ('has_forced_reset', 'max_checked_eval_step')
-    if key in optimizer_state
+    if 'reset_check' in optimizer_state
   }
   return params, flags
 

@@ -228,3 +228,79 @@ def test_resume_equals_uninterrupted_bit_for_bit(
   assert np.array_equal(expected['rng'], actual['rng'])
   for field in (training.BATCHES_DRAWN_KEY, training.RNG_SEED_KEY):
     assert expected['extra'][field] == actual['extra'][field]
+
+
+_STATE_FORM_SUBMISSION = """
+from submissions.self_tuning.schedule_free_adamw_jax import submission as entry
+from submissions.self_tuning.schedule_free_adamw_jax.submission import (
+  data_selection, get_batch_size)
+
+
+def _update_fn():  # stands for the official baselines' opt_update_fn
+  return 'not saved'
+
+
+def init_optimizer_state(*args, **kwargs):
+  state, _ = entry.init_optimizer_state(*args, **kwargs)
+  return {FORM}
+
+
+def update_params(*args, optimizer_state, **kwargs):
+  assert optimizer_state[1] is _update_fn, 'update function not handed back'
+  optimizer_state = (optimizer_state[0], None)
+  new_state, params, model_state = entry.update_params(
+    *args, optimizer_state=optimizer_state, **kwargs
+  )
+  return (new_state[0], _update_fn), params, model_state
+"""
+
+
+def test_a_state_that_is_not_the_runner_pair_is_refused(tmp_path, capsys):
+  path = tmp_path / 'dict_state.py'
+  path.write_text(_STATE_FORM_SUBMISSION.replace('{FORM}', 'state'))
+  argv = [
+    'sfperf run',
+    f'--submission_path={path}',
+    '--workload=digits',
+    '--framework=jax',
+    '--tuning_ruleset=self',
+    f'--experiment_dir={tmp_path}',
+    '--experiment_name=exp',
+    '--max_global_steps=2',
+  ]
+  assert cli.main(argv) == 1
+  err = capsys.readouterr().err
+  (line,) = [x for x in err.splitlines() if x.startswith('sfperf run:')]
+  assert 'TypeError' in line and 'in init_optimizer_state' in line
+  assert '(opt_state, opt_update_fn)' in line
+
+
+def test_the_update_function_is_not_saved_and_is_handed_back(
+  tmp_path, fake_clock, jax_timing
+):
+  jax_timing(1e6, 10.0)
+  path = tmp_path / 'pair_state.py'
+  path.write_text(
+    _STATE_FORM_SUBMISSION.replace('{FORM}', '(state, _update_fn)')
+  )
+
+  def train(max_global_steps, resume=False):
+    return run(
+      str(path),
+      'digits',
+      framework='jax',
+      experiment_dir=str(tmp_path),
+      experiment_name='exp',
+      tuning_ruleset='self',
+      rng_seed=0,
+      max_global_steps=max_global_steps,
+      resume_last_run=resume,
+    )[0]
+
+  train(6)
+  resumed = train(10, resume=True)  # update_params asserts the function
+  assert resumed.preemption_count == 1 and resumed.global_step == 10
+  _, arrays = _state(tmp_path / 'exp' / 'digits_jax' / 'trial_1')
+  saved_structure = str(arrays['treedef'])
+  assert 'max_checked_eval_step' in saved_structure  # the state is saved
+  assert '_update_fn' not in saved_structure  # the function is not

@@ -254,3 +254,65 @@ def test_trial_files_get_the_umask_mode(tmp_path):
   }
   assert modes == dict.fromkeys(names, 0o644)
   assert os.stat(trial).st_mode & 0o777 == 0o755
+
+
+_PLAIN_VALUE_SUBMISSION = """
+from submissions.self_tuning.nadamw_baseline import submission as baseline
+from submissions.self_tuning.nadamw_baseline.submission import (
+  data_selection, get_batch_size, update_params)
+
+
+def init_optimizer_state(*args, **kwargs):
+  state = baseline.init_optimizer_state(*args, **kwargs)
+  state['steps_seen'] = 0  # a plain int: the official runner cannot resume
+  return state
+"""
+
+
+def test_a_plain_value_in_the_optimizer_state_warns_then_blocks_resume(
+  tmp_path, capsys, caplog
+):
+  path = tmp_path / 'plain.py'
+  path.write_text(_PLAIN_VALUE_SUBMISSION)
+
+  with caplog.at_level(logging.WARNING):
+    code = cli.main(
+      _argv(tmp_path, '--tuning_ruleset=self', submission=str(path))
+    )
+  assert code == 0
+  warned = [
+    r.getMessage() for r in caplog.records if 'steps_seen' in r.getMessage()
+  ]
+  assert len(warned) == 1
+  assert "optimizer_state['steps_seen'] (type int) lacks" in warned[0]
+  assert '--resume_last_run will fail' in warned[0]
+  capsys.readouterr()
+
+  argv = _argv(
+    tmp_path, '--tuning_ruleset=self', '--resume_last_run', submission=str(path)
+  )
+  code = cli.main(
+    [arg.replace('steps=3', 'steps=6') for arg in argv]  # a longer run
+  )
+  assert code == 2
+  line = _error_line(capsys)
+  assert "cannot resume: optimizer_state['steps_seen'] (type int)" in line
+  assert 'StatefulDict' in line
+
+
+def test_a_non_dict_optimizer_state_is_refused_at_init(tmp_path, capsys):
+  path = tmp_path / 'tuple_state.py'
+  path.write_text(
+    _PLAIN_VALUE_SUBMISSION.replace(
+      "  state['steps_seen'] = 0  # a plain int: the official runner cannot "
+      'resume\n  return state',
+      '  return (state, None)',
+    )
+  )
+  code = cli.main(
+    _argv(tmp_path, '--tuning_ruleset=self', submission=str(path))
+  )
+  assert code == 1
+  line = _error_line(capsys)
+  assert 'raised TypeError' in line and 'in init_optimizer_state' in line
+  assert 'needs a dict of objects with state_dict()' in line

@@ -190,8 +190,14 @@ def test_init_optimizer_state():
   optimizer = optimizer_state['optimizer']
   assert isinstance(optimizer, ScheduleFreeAdamWV1)
   assert optimizer.store_x0_on_cpu
-  assert optimizer_state['max_checked_eval_step'] == -1
-  assert optimizer_state['has_forced_reset'] is False
+  assert optimizer_state['reset_check']['max_checked_eval_step'] == -1
+  assert optimizer_state['reset_check']['has_forced_reset'] is False
+  # Every value is checkpointable as the official runner requires.
+  assert set(optimizer_state) == {'optimizer', 'reset_check'}
+  assert all(
+    hasattr(value, 'state_dict') and hasattr(value, 'load_state_dict')
+    for value in optimizer_state.values()
+  )
   (group,) = optimizer.param_groups
   assert group['lr'] == 0.0025
   assert group['betas'] == (0.9, 0.9955159689799007)
@@ -364,8 +370,8 @@ def test_divergence_reset_restores_x0_and_halves_lr_each_time():
 
   stuck = _evals('accuracy', [0.25] * 4)
   _, _, model_state = _update(workload, model, optimizer_state, stuck, 12, 99)
-  assert optimizer_state['has_forced_reset'] is True
-  assert optimizer_state['max_checked_eval_step'] == 4
+  assert optimizer_state['reset_check']['has_forced_reset'] is True
+  assert optimizer_state['reset_check']['max_checked_eval_step'] == 4
   assert group['lr'] == 0.0025 / 2 and group['k'] == 1
   assert workload.model_calls[-1]['model_state'] is None
   assert model_state is not None
@@ -393,7 +399,7 @@ def test_divergence_reset_restores_x0_and_halves_lr_each_time():
   stuck = _evals('accuracy', [0.25] * 5)
   _update(workload, model, optimizer_state, stuck, 14, 14)
   assert group['lr'] == 0.0025 / 4 and group['k'] == 1
-  assert optimizer_state['max_checked_eval_step'] == 5
+  assert optimizer_state['reset_check']['max_checked_eval_step'] == 5
 
 
 @pytest.mark.filterwarnings(

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sfperf import divergence_reset
+from sfperf import divergence_reset, jax_submission_utils
 from sfperf.api import spec
 from sfperf.optim import schedule_free_adamw_v1
 from submissions.external_tuning.schedule_free_adamw_jax import (
@@ -168,13 +168,18 @@ def test_self_tuning_step_equals_the_optimizer_and_trains():
   )
 
   settings = self_tuning.settings_for(200, 0.0025)
-  assert optimizer_state['settings'] == settings
+  assert (
+    jax_submission_utils.entry_state(optimizer_state)['settings'] == settings
+  )
   assert settings.warmup_steps == 3  # int(0.02 * 200 * 0.75)
   # The submission's jitted, sharded step is the optimizer's step.
   _assert_trees_close(params, _reference_x(settings, 0.2, batches), 1e-6)
   assert workload.label_smoothings_seen == [0.2]  # traced once
   assert workload.dropout_rates_seen == [None]  # workload default
-  assert int(optimizer_state['optimizer_state'].k) == 30
+  assert (
+    int(jax_submission_utils.entry_state(optimizer_state)['optimizer_state'].k)
+    == 30
+  )
   assert int(model_state['num_updates']) == 30
   assert _mean_loss(workload, params, batches) < _mean_loss(
     workload, initial_params, batches
@@ -196,9 +201,12 @@ def test_self_tuning_reset_restores_x0_and_halves_the_lr():
     self_tuning, workload, None, batches, _diverged_evals(4)
   )
 
-  assert optimizer_state['has_forced_reset']
-  assert optimizer_state['max_checked_eval_step'] == 4
-  settings = optimizer_state['settings']
+  assert jax_submission_utils.entry_state(optimizer_state)['has_forced_reset']
+  assert (
+    jax_submission_utils.entry_state(optimizer_state)['max_checked_eval_step']
+    == 4
+  )
+  settings = jax_submission_utils.entry_state(optimizer_state)['settings']
   assert settings.learning_rate == 0.0025 / 2
   # After the reset at step 3, two steps from x0 at half the lr: exactly
   # what a fresh optimizer does on those two batches.
@@ -206,7 +214,10 @@ def test_self_tuning_reset_restores_x0_and_halves_the_lr():
     settings, 0.2, batches[3:], params=initial_params, first=3
   )
   _assert_trees_close(params, fresh_x, 1e-6)
-  assert int(optimizer_state['optimizer_state'].k) == 2
+  assert (
+    int(jax_submission_utils.entry_state(optimizer_state)['optimizer_state'].k)
+    == 2
+  )
 
 
 def test_self_tuning_does_not_reset_an_improving_run():
@@ -217,8 +228,13 @@ def test_self_tuning_does_not_reset_an_improving_run():
     self_tuning, workload, None, make_batches(4, BATCH_SIZE), improving
   )
 
-  assert not optimizer_state['has_forced_reset']
-  assert optimizer_state['settings'].learning_rate == 0.0025
+  assert not jax_submission_utils.entry_state(optimizer_state)[
+    'has_forced_reset'
+  ]
+  assert (
+    jax_submission_utils.entry_state(optimizer_state)['settings'].learning_rate
+    == 0.0025
+  )
 
 
 def test_external_uses_the_trials_hyperparameters():
@@ -228,7 +244,7 @@ def test_external_uses_the_trials_hyperparameters():
 
   optimizer_state, params, _ = _run(external, workload, trial, batches)
 
-  settings = optimizer_state['settings']
+  settings = jax_submission_utils.entry_state(optimizer_state)['settings']
   assert settings == external.OptimizerSettings(
     learning_rate=0.02,
     warmup_steps=10,  # int(0.05 * 200), no 0.75 factor

@@ -79,10 +79,14 @@ def init_optimizer_state(
   """Builds the optimizer state from the trial's hyperparameters."""
   del model_state, rng
   settings = settings_for(hyperparameters, workload.step_hint)
-  return {
-    'optimizer_state': jax_submission_utils.init_state(settings, model_params),
-    'settings': settings,
-  }
+  return jax_submission_utils.runner_state(
+    {
+      'optimizer_state': jax_submission_utils.init_state(
+        settings, model_params
+      ),
+      'settings': settings,
+    }
+  )
 
 
 def update_params(
@@ -122,7 +126,7 @@ def update_params(
 
   new_params, new_model_state = jax_submission_utils.train_step(
     workload,
-    optimizer_state,
+    jax_submission_utils.entry_state(optimizer_state),
     float(label_smoothing_of(hyperparameters)),
     model_fn_options,
     current_param_container,

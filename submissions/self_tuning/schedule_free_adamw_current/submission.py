@@ -40,6 +40,7 @@ from sfperf import submission_utils
 from sfperf.api import spec
 from sfperf.optim import ScheduleFreeAdamW
 from sfperf.submission_utils import (
+  StatefulDict,
   dropout_rate_of,
   train_forward,
   train_loss_terms,
@@ -138,9 +139,11 @@ def init_optimizer_state(
     weight_lr_power=HPARAMS['weight_lr_power'],
     bias_correction=HPARAMS['bias_correction'],
   )
+  # A StatefulDict, not a bare bool, so that the official runner can save
+  # and resume it (it calls state_dict/load_state_dict on every value).
   return {
     'optimizer': optimizer,
-    'has_batch_norm': has_batch_norm(model_params),
+    'model': StatefulDict(has_batch_norm=has_batch_norm(model_params)),
   }
 
 
@@ -199,7 +202,7 @@ def update_params(
   optimizer = optimizer_state['optimizer']
   _check_eval_was_prepared(eval_results, global_step, optimizer)
   model_fn_kwargs = _dropout_kwargs(hyperparameters)
-  batch_norm = optimizer_state['has_batch_norm']
+  batch_norm = optimizer_state['model']['has_batch_norm']
 
   # After an eval the parameters already hold x: refresh there for free.
   if batch_norm and (

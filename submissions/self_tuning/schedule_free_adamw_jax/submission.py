@@ -69,31 +69,31 @@ def init_optimizer_state(
   """Builds the optimizer state and a host copy x0 for the reset."""
   del model_state, hyperparameters, rng
   settings = settings_for(workload.step_hint, HPARAMS['learning_rate'])
-  return {
-    'optimizer_state': jax_submission_utils.init_state(settings, model_params),
-    'settings': settings,
-    # On the host, as the entry's x0; np.array copies, so donating the
-    # parameters later cannot invalidate it.
-    'x0': jax.tree.map(np.array, model_params),
-    # Same keys as the PyTorch entry; see its module for their meaning.
-    'max_checked_eval_step': -1,
-    'has_forced_reset': False,
-  }
+  return jax_submission_utils.runner_state(
+    {
+      'optimizer_state': jax_submission_utils.init_state(
+        settings, model_params
+      ),
+      'settings': settings,
+      # On the host, as the entry's x0; np.array copies, so donating the
+      # parameters later cannot invalidate it.
+      'x0': jax.tree.map(np.array, model_params),
+      # The PyTorch entry's values; see its module for their meaning.
+      'max_checked_eval_step': -1,
+      'has_forced_reset': False,
+    }
+  )
 
 
-def _reset(optimizer_state: dict[str, Any]) -> Any:
+def _reset(state: dict[str, Any]) -> Any:
   """Restarts from x0 at half the learning rate; returns the new x."""
-  settings = optimizer_state['settings']._replace(
-    learning_rate=optimizer_state['settings'].learning_rate / 2.0
+  settings = state['settings']._replace(
+    learning_rate=state['settings'].learning_rate / 2.0
   )
-  params_x = jax.device_put(
-    optimizer_state['x0'], jax_submission_utils.replicated()
-  )
-  optimizer_state['optimizer_state'] = jax_submission_utils.init_state(
-    settings, params_x
-  )
-  optimizer_state['settings'] = settings
-  optimizer_state['has_forced_reset'] = True
+  params_x = jax.device_put(state['x0'], jax_submission_utils.replicated())
+  state['optimizer_state'] = jax_submission_utils.init_state(settings, params_x)
+  state['settings'] = settings
+  state['has_forced_reset'] = True
   return params_x
 
 
@@ -121,26 +121,27 @@ def update_params(
   """
   del current_params_types, loss_type, hyperparameters, train_state
   check_batch_divisible(batch, jax.device_count())
+  state = jax_submission_utils.entry_state(optimizer_state)
 
   reset, checked_eval_count = should_reset(
     eval_results,
     workload.target_metric_name,
     global_step,
     workload.step_hint,
-    optimizer_state['max_checked_eval_step'],
+    state['max_checked_eval_step'],
   )
-  optimizer_state['max_checked_eval_step'] = checked_eval_count
+  state['max_checked_eval_step'] = checked_eval_count
   if reset:
     logging.info(
       'Divergence reset at step %d: restoring the initial parameters and '
       'halving the learning rate.',
       global_step,
     )
-    current_param_container = _reset(optimizer_state)
+    current_param_container = _reset(state)
 
   new_params, new_model_state = jax_submission_utils.train_step(
     workload,
-    optimizer_state,
+    state,
     HPARAMS['label_smoothing'],
     (),  # no extra model_fn arguments: the workload's default dropout
     current_param_container,
