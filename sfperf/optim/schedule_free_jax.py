@@ -151,6 +151,7 @@ def schedule_free_adamw_v1(
   r: float = 0.0,
   weight_lr_power: float = 2.0,
   v_dtype: Any = jnp.bfloat16,
+  cpu_kernel: bool = True,
 ) -> ScheduleFreeV1:
   r"""Schedule-Free AdamW with the 2024 AlgoPerf entry's numerics.
 
@@ -209,6 +210,8 @@ def schedule_free_adamw_v1(
     weight_lr_power: power p of lr_max in the averaging weights.
     v_dtype: dtype of the second moment. bfloat16 is the entry's;
       float32 turns the bfloat16 roundings off.
+    cpu_kernel: whether float32 leaves use the one-pass kernel on the CPU
+      backend (same bits); False keeps this optimizer on jax.numpy.
 
   Returns:
     A `ScheduleFreeV1` of pure functions, safe to `jax.jit`, with the
@@ -282,7 +285,7 @@ def schedule_free_adamw_v1(
       ]
     )
     jnp_form = functools.partial(_leaf_update, beta2=b2, eps=eps)
-    if not _kernel_takes(x, z, v):
+    if not (cpu_kernel and _kernel_takes(x, z, v)):
       return jnp_form(x, z, v, grad, step)
     kernel_form = functools.partial(xla_kernel.kernel_update, beta2=b2, eps=eps)
     return jax.lax.platform_dependent(

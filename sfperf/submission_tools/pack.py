@@ -536,6 +536,29 @@ def _framework(imports: set[str]) -> Optional[str]:
   return found.pop() if len(found) == 1 else None
 
 
+# Words a folder name spells in lower case that the field writes otherwise.
+_DISPLAY_WORDS = {
+  'adamw': 'AdamW',
+  'nadamw': 'NAdamW',
+  'adam': 'Adam',
+  'sgd': 'SGD',
+  'jax': 'JAX',
+  'pytorch': 'PyTorch',
+  'lamb': 'LAMB',
+  'lars': 'LARS',
+}
+
+
+def display_name(folder_name: str) -> str:
+  """A leaderboard display name from a folder name: 'schedule_free_adamw'
+  gives 'Schedule Free AdamW'."""
+  return ' '.join(
+    _DISPLAY_WORDS.get(word.lower(), word[:1].upper() + word[1:])
+    for word in folder_name.split('_')
+    if word
+  )
+
+
 def _first_paragraph(source: str) -> Optional[str]:
   docstring = ast.get_docstring(ast.parse(source))
   if not docstring:
@@ -674,7 +697,7 @@ def pack_submission(
   info = {key: value for key, value in (info or {}).items() if value}
   framework = info.get('framework') or _framework(imports)
   fields = {
-    'submission_name': name.replace('_', ' ').title(),
+    'submission_name': display_name(name),
     'submission_folder': relative_folder,
     'authors': '',
     'affiliations': '',

@@ -155,4 +155,6 @@ def test_the_environment_switch_turns_it_off_silently(
     warnings.simplefilter('error')
     assert cpu_kernel.load_kernel() is None
     _train({})
+    with pytest.raises(RuntimeError, match='SFPERF_NO_CPU_KERNEL is set'):
+      _train({'fused': True})
   assert not fresh_kernel.exists()  # nothing was built

@@ -507,3 +507,16 @@ def test_packed_jax_entry_builds_its_kernel_from_the_packed_sources(tmp_path):
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert 'PACKED-JAX-KERNEL-OK' in completed.stdout
   assert list((tmp_path / 'cache').glob('schedule_free_v1_xla-*.so'))
+
+
+@pytest.mark.parametrize(
+  ('folder', 'shown'),
+  [
+    ('schedule_free_adamw', 'Schedule Free AdamW'),
+    ('schedule_free_adamw_jax', 'Schedule Free AdamW JAX'),
+    ('nadamw_baseline', 'NAdamW Baseline'),
+    ('my__variant2', 'My Variant2'),
+  ],
+)
+def test_display_name_keeps_the_usual_spellings(folder, shown):
+  assert pack_module.display_name(folder) == shown
