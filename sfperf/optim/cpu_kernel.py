@@ -12,6 +12,7 @@ import functools
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from sfperf.optim import native_build
@@ -44,6 +45,11 @@ def _declare(library: ctypes.CDLL) -> None:
   library.sf_v1_update.restype = None
 
 
+# Tensor subclasses (DTensor, fake and functional tensors) may hold no
+# memory of their own where data_ptr() points; only plain ones are taken.
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def eligible(tensors: Sequence[torch.Tensor | None]) -> bool:
   """Whether the kernel can take these aligned tensors of one parameter.
 
@@ -55,11 +61,13 @@ def eligible(tensors: Sequence[torch.Tensor | None]) -> bool:
   shape = tensors[0].shape
   return all(
     tensor is not None
+    and type(tensor) in _PLAIN_TYPES
     and tensor.device.type == 'cpu'
     and tensor.layout == torch.strided
     and tensor.dtype == dtype
     and tensor.shape == shape
     and tensor.is_contiguous()
+    and (tensor.data_ptr() != 0 or tensor.numel() == 0)
     for tensor, dtype in zip(tensors, wanted, strict=False)
   )
 
@@ -144,14 +152,8 @@ def _reference_update(param, z, grad, v, scalars) -> None:
   param.lerp_(z, average)
 
 
-def _probe_mismatch(kernel: CpuKernel) -> str | None:
-  """Runs kernel and torch ops on the same probe; names the first mismatch.
-
-  The probe covers both lerp branches, gradients over twelve decades,
-  v = 0 (where the denominator is eps) and lengths that leave vector tails.
-  """
-  generator = torch.Generator().manual_seed(0)
-  beta2 = 0.9955159689799007
+def _probe_cases(generator: torch.Generator, beta2: float):
+  """(size, averaging weight, param, z, grad, v) cases of the probe."""
   for size, average in ((1, 1.0), (37, 0.3), (1000, 0.7), (70_001, 0.01)):
     param = torch.randn(size, generator=generator)
     z = param + 0.1 * torch.randn(size, generator=generator)
@@ -159,6 +161,24 @@ def _probe_mismatch(kernel: CpuKernel) -> str | None:
     grad = torch.randn(size, generator=generator) * 10.0**exponent
     v = (torch.rand(size, generator=generator) * 1e-3).to(torch.bfloat16)
     v[::7] = 0
+    yield size, average, param, z, grad, v
+  v_bits, grad = native_build.rounding_tie_cases(beta2)
+  param = torch.randn(len(grad), generator=generator)
+  v = torch.from_numpy(v_bits.view(np.int16)).view(torch.bfloat16).clone()
+  yield len(grad), 0.2, param, param + 0.01, torch.from_numpy(grad), v
+
+
+def _probe_mismatch(kernel: CpuKernel) -> str | None:
+  """Runs kernel and torch ops on the same probe; names the first mismatch.
+
+  The probe covers both lerp branches, gradients over twelve decades,
+  v = 0 (where the denominator is eps), lengths that leave vector tails,
+  and the rounding ties of v's update where fusing its multiply-add
+  matters (`native_build.rounding_tie_cases`).
+  """
+  generator = torch.Generator().manual_seed(0)
+  beta2 = 0.9955159689799007
+  for size, average, param, z, grad, v in _probe_cases(generator, beta2):
     scalars = (1 - 1 / 0.9, beta2, 1 - beta2, 1e-8, -7e-4, 6e-5, average)
     expected = [t.clone() for t in (param, z, v)]
     _reference_update(expected[0], expected[1], grad, expected[2], scalars)
@@ -176,6 +196,16 @@ def _probe_mismatch(kernel: CpuKernel) -> str | None:
       return f'lerp with weight {weight} differs'
     moved = expected
   return None
+
+
+_why_unavailable: list[str] = []
+
+
+def why_unavailable() -> str:
+  """Why `load_kernel()` returned None, in a few words."""
+  if native_build.disabled():
+    return f'{DISABLE_ENV} is set'
+  return _why_unavailable[-1] if _why_unavailable else 'not loaded yet'
 
 
 @functools.cache
@@ -199,6 +229,7 @@ def load_kernel() -> CpuKernel | None:
         f'its step is not bit-identical to the torch ops here ({mismatch})'
       )
   except KernelUnavailable as error:
+    _why_unavailable.append(str(error))
     warnings.warn(
       f'ScheduleFreeAdamWV1: one-pass CPU kernel not used, {error}; using '
       f'torch ops (same results, slower). Set {DISABLE_ENV}=1 to silence.',

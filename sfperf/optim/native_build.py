@@ -11,10 +11,15 @@ import hashlib
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
+import warnings
 from collections.abc import Sequence
+
+import numpy as np
 
 # `sfperf pack` copies these beside this module when it vendors it.
 VENDORED_FILES = ('schedule_free_v1_cpu.c',)
@@ -34,6 +39,12 @@ BASE_FLAGS = (
 )
 OPENMP_FLAG = '-fopenmp'
 
+# A compiler that hangs must not hang training: the build gives up (and the
+# optimizer falls back) after these.
+VERSION_TIMEOUT_SEC = 30
+BUILD_TIMEOUT_SEC = 600
+STALE_TEMPORARY_SEC = 24 * 3600
+
 CACHE_ENV = 'SFPERF_KERNEL_CACHE'
 DISABLE_ENV = 'SFPERF_NO_CPU_KERNEL'
 
@@ -43,10 +54,19 @@ class KernelUnavailable(RuntimeError):
 
 
 def cache_dir() -> pathlib.Path:
-  """Where built kernels are kept: $SFPERF_KERNEL_CACHE, else the XDG cache."""
+  """Where built kernels are kept: $SFPERF_KERNEL_CACHE, else the XDG cache.
+
+  Raises:
+    KernelUnavailable: neither is set and there is no home directory.
+  """
   if os.environ.get(CACHE_ENV):
     return pathlib.Path(os.environ[CACHE_ENV])
-  base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  try:
+    base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  except RuntimeError as error:  # no home directory
+    raise KernelUnavailable(
+      f'no folder for built kernels ({error}); set {CACHE_ENV}'
+    ) from None
   return pathlib.Path(base) / 'sfperf' / 'kernels'
 
 
@@ -71,14 +91,17 @@ def _cpu_identity() -> str:
 
 def _find_compiler(
   language: str, variable: str, candidates: Sequence[str]
-) -> str:
-  """$variable if set, else the first candidate on the PATH, made absolute."""
-  wanted = os.environ.get(variable)
+) -> list[str]:
+  """$variable if set (a command, perhaps with arguments, such as 'ccache
+  gcc'), else the first candidate on the PATH; the program made absolute."""
+  wanted = os.environ.get(variable, '').strip()
   if wanted:
-    compiler = shutil.which(wanted)
+    command = shlex.split(wanted)
+    program = shutil.which(command[0])
   else:
-    compiler = next(filter(None, map(shutil.which, candidates)), None)
-  if compiler is None:
+    command = ['']
+    program = next(filter(None, map(shutil.which, candidates)), None)
+  if program is None:
     named = (
       f'{variable}={wanted!r} is not an executable' if wanted else 'none found'
     )
@@ -86,70 +109,118 @@ def _find_compiler(
       f'no {language} compiler ({named}; install {candidates[-1]} or set '
       f'{variable})'
     )
-  return compiler
+  return [program, *command[1:]]
 
 
-def c_compiler() -> str:
-  """The C compiler: $CC, else cc or gcc."""
+def c_compiler() -> list[str]:
+  """The C compiler command: $CC, else cc or gcc."""
   return _find_compiler('C', 'CC', ('cc', 'gcc'))
 
 
-def cxx_compiler() -> str:
-  """The C++ compiler: $CXX, else c++ or g++."""
+def cxx_compiler() -> list[str]:
+  """The C++ compiler command: $CXX, else c++ or g++."""
   return _find_compiler('C++', 'CXX', ('c++', 'g++'))
 
 
-def _compiler_version(compiler: str) -> str:
+def _run(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+  """Runs a compiler command; any failure to run it is KernelUnavailable."""
   try:
-    result = subprocess.run(
-      [compiler, '--version'], capture_output=True, text=True, check=False
+    return subprocess.run(
+      command, capture_output=True, text=True, check=False, timeout=timeout
     )
+  except subprocess.TimeoutExpired:
+    raise KernelUnavailable(
+      f'{" ".join(command[:2])} ... did not finish in {timeout:.0f} s'
+    ) from None
   except OSError as error:
-    raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
-  return result.stdout
+    raise KernelUnavailable(f'cannot run {command[0]}: {error}') from None
 
 
-def _build(
-  compiler: str,
-  source: pathlib.Path,
-  flags: Sequence[str],
-  target: pathlib.Path,
-) -> None:
-  """Compiles `source` into `target`, atomically."""
-  target.parent.mkdir(parents=True, exist_ok=True)
+def _compiler_version(compiler: Sequence[str]) -> str:
+  return _run([*compiler, '--version'], VERSION_TIMEOUT_SEC).stdout
+
+
+def _digest(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(target: pathlib.Path) -> bool:
+  """Whether `target` is a build this module finished: its digest matches
+  the one written beside it. A truncated or emptied file would crash the
+  process when loaded, so it is never loaded."""
+  try:
+    recorded = target.with_suffix('.sha256').read_text().strip()
+    return recorded == _digest(target)
+  except OSError:
+    return False
+
+
+def _write_atomically(target: pathlib.Path, write) -> None:
+  """Calls `write(path)` on a temporary file beside `target`, syncs it to
+  disk, then renames it into place."""
   handle, temporary = tempfile.mkstemp(
-    dir=target.parent, prefix=target.name, suffix='.tmp'
+    dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp'
   )
   os.close(handle)
   try:
-    try:
-      result = subprocess.run(
-        [compiler, *flags, '-o', temporary, str(source)],
-        capture_output=True,
-        text=True,
-        check=False,
-      )
-    except OSError as error:
-      raise KernelUnavailable(f'cannot run {compiler}: {error}') from None
-    if result.returncode != 0:
-      raise KernelUnavailable(
-        f'{compiler} failed on {source.name}: {result.stderr.strip()[-500:]}'
-      )
+    write(temporary)
+    with open(temporary, 'rb+') as stream:
+      os.fsync(stream.fileno())
     os.replace(temporary, target)
   finally:
     if os.path.exists(temporary):
       os.unlink(temporary)
 
 
+def _prune_temporaries(folder: pathlib.Path) -> None:
+  """Removes temporary files that builds killed long ago left behind."""
+  cutoff = time.time() - STALE_TEMPORARY_SEC
+  for path in folder.glob('.*.tmp'):
+    try:
+      if path.stat().st_mtime < cutoff:
+        path.unlink()
+    except OSError:
+      pass  # another process's, or gone already
+
+
+def _build(
+  compiler: Sequence[str],
+  source: pathlib.Path,
+  flags: Sequence[str],
+  target: pathlib.Path,
+) -> None:
+  """Compiles `source` into `target`, atomically, with its digest beside."""
+
+  def compile_into(path: str) -> None:
+    result = _run(
+      [*compiler, *flags, '-o', path, str(source)], BUILD_TIMEOUT_SEC
+    )
+    if result.returncode != 0:
+      output = (result.stderr or result.stdout).strip()[-500:]
+      raise KernelUnavailable(
+        f'{" ".join(compiler)} failed on {source.name} (exit '
+        f'{result.returncode}){": " + output if output else ""}'
+      )
+
+  _write_atomically(target, compile_into)
+  digest = _digest(target)
+  _write_atomically(
+    target.with_suffix('.sha256'),
+    lambda path: pathlib.Path(path).write_text(digest + '\n'),
+  )
+
+
 def load_library(
   source: pathlib.Path,
-  compiler: str,
+  compiler: Sequence[str],
   extra_flags: Sequence[str] = (),
   inputs: Sequence[pathlib.Path] = (),
 ) -> ctypes.CDLL:
   """Loads the cached build of `source`, building it first if needed.
 
-  OpenMP is tried first; a compiler without it gets a one-thread build.
+  A cached build whose digest does not match (a crash mid-copy, a full
+  disk) is rebuilt. OpenMP is tried first; where that build fails or will
+  not load, a one-thread build is used, with a warning saying why.
 
   Args:
     source: the file to compile.
@@ -158,11 +229,25 @@ def load_library(
     inputs: other files the source includes; part of the cache key.
 
   Raises:
-    KernelUnavailable: if neither build succeeds or the library won't load.
+    KernelUnavailable: if neither build succeeds or loads.
   """
+  try:
+    texts = [path.read_text() for path in (source, *inputs)]
+  except OSError as error:
+    raise KernelUnavailable(
+      f'kernel source missing ({error}); reinstall sfperf'
+    ) from None
   version = _compiler_version(compiler)
-  texts = [path.read_text() for path in (source, *inputs)]
-  last_error = None
+  folder = cache_dir()
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise KernelUnavailable(
+      f'kernel cache {folder} unusable ({error}); set {CACHE_ENV} to a '
+      'writable folder'
+    ) from None
+  _prune_temporaries(folder)
+  errors = []
   for flags in (
     (*BASE_FLAGS, *extra_flags, OPENMP_FLAG),
     (*BASE_FLAGS, *extra_flags),
@@ -170,11 +255,67 @@ def load_library(
     key = hashlib.sha256(
       '\0'.join([*texts, ' '.join(flags), version, _cpu_identity()]).encode()
     ).hexdigest()[:20]
-    target = cache_dir() / f'{source.stem}-{key}.so'
+    target = folder / f'{source.stem}-{key}.so'
     try:
-      if not target.exists():
+      if not _intact(target):
         _build(compiler, source, flags, target)
-      return ctypes.CDLL(str(target))
+      library = ctypes.CDLL(str(target))
     except (KernelUnavailable, OSError) as error:
-      last_error = error
-  raise KernelUnavailable(str(last_error))
+      errors.append(str(error))
+      continue
+    if errors:
+      warnings.warn(
+        f'{source.name}: the OpenMP build is not usable ({errors[0]}); '
+        'using a one-thread build',
+        RuntimeWarning,
+        stacklevel=2,
+      )
+    return library
+  raise KernelUnavailable(errors[-1])
+
+
+def rounding_tie_cases(
+  beta2: float, count: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+  """(v as bfloat16 bits, gradient) pairs on which fusing matters.
+
+  The second-moment update stores bf16(bf16(v * beta2) + (1 - beta2) g g).
+  Whether the multiply-add is fused decides the stored v on the inputs that
+  put the float32 sum next to a bfloat16 rounding tie: about one in a
+  million random ones, so a random probe misses them. These are built by
+  aiming (1 - beta2) g g at a tie above bf16(v * beta2), trying gradients a
+  few float32 ulps around the aim, and keeping those where the two forms
+  (evaluated in NumPy, the fused one in float64, where the float32 product
+  is exact) round differently.
+
+  Returns:
+    uint16 bfloat16 bit patterns of v, and float32 gradients, `count` each.
+  """
+  rng = np.random.default_rng(seed)
+  scale = np.float32(1 - beta2)
+  v_bits = rng.integers(0x3A00, 0x3F00, 4096).astype(np.uint16)
+  v = (v_bits.astype(np.uint32) << 16).view(np.float32)
+  decayed = _round_bf16(v * np.float32(beta2))
+  # A tie between two bfloat16 neighbours a few steps above `decayed`.
+  step = 2.0 ** (np.floor(np.log2(decayed.astype(np.float64))) - 7)
+  tie = decayed + (rng.integers(1, 8, v.size) + 0.5) * step
+  aim = np.sqrt((tie - decayed) / float(scale)).astype(np.float32)
+  offsets = np.arange(-8, 9, dtype=np.int32)
+  g = (aim.view(np.int32)[:, None] + offsets).view(np.float32)
+  scaled = scale * g
+  unfused = decayed[:, None] + scaled * g
+  fused = (
+    decayed[:, None].astype(np.float64)
+    + scaled.astype(np.float64) * g.astype(np.float64)
+  ).astype(np.float32)
+  rows, columns = np.nonzero(_round_bf16(unfused) != _round_bf16(fused))
+  if rows.size < count:
+    raise RuntimeError(f'found {rows.size} rounding ties, wanted {count}')
+  return v_bits[rows[:count]], g[rows[:count], columns[:count]]
+
+
+def _round_bf16(values: np.ndarray) -> np.ndarray:
+  """float32 values rounded to bfloat16 (to nearest even), as float32."""
+  bits = values.view(np.uint32)
+  rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+  return rounded.astype(np.uint32).view(np.float32)

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sfperf.optim import cpu_kernel, native_build
+from sfperf.optim import cpu_kernel
 from sfperf.optim.foreach import foreach_by_default
 
 
@@ -257,14 +257,10 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
       return None
     kernel = cpu_kernel.load_kernel()
     if kernel is None and self.fused:
-      why = (
-        f'{native_build.DISABLE_ENV} is set'
-        if native_build.disabled()
-        else 'see the warning above'
-      )
       raise RuntimeError(
         'ScheduleFreeAdamWV1(fused=True): the one-pass CPU kernel is not '
-        f'available here ({why}); pass fused=None to fall back to torch ops.'
+        f'available here ({cpu_kernel.why_unavailable()}); pass fused=None '
+        'to fall back to torch ops.'
       )
     return kernel
 

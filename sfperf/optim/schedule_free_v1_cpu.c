@@ -5,13 +5,14 @@
  * same arithmetic element by element in one pass, rounding wherever an op of
  * the loop stores a value: float32 ops round to float32, and the second
  * moment v rounds to bfloat16 after each op that writes it. Where torch's
- * CPU kernels use a fused multiply-add (lerp, add/sub with alpha) this code
- * calls fmaf; everywhere else it multiplies and adds separately, and it must
- * be built with -ffp-contract=off so that the compiler adds no other fused
- * multiply-adds. The Python side tests the result against the loop bit for
- * bit before it is used.
+ * CPU kernels use a fused multiply-add (lerp, add/sub with alpha, addcmul)
+ * this code calls fmaf; everywhere else it multiplies and adds separately,
+ * and it must be built with -ffp-contract=off so that the compiler adds no
+ * other fused multiply-adds. The Python side tests the result against the
+ * loop bit for bit before it is used, on inputs that include the rounding
+ * ties where a fused and an unfused multiply-add store different v.
  *
- * Built on first use by sfperf/optim/cpu_kernel.py; no Python or torch
+ * Built on first use by sfperf/optim/native_build.py; no Python or torch
  * headers are needed. Tensors are float32 (p: the parameter, z, g: the
  * gradient) and bfloat16 bits (v), contiguous, one pointer per tensor.
  */
@@ -92,7 +93,7 @@ static inline __attribute__((always_inline)) void update_elements(
 
     const float decayed = round_bf16(bf16_to_float(v[i]) * s->beta2);
     const float v_wide =
-        round_bf16(decayed + s->one_minus_beta2 * grad * grad);
+        round_bf16(fmaf(s->one_minus_beta2 * grad, grad, decayed));
     float denominator = round_bf16(sqrtf(v_wide));
     denominator = round_bf16(denominator + eps);
 

@@ -64,6 +64,8 @@ def kernel_update(x, z, v, grad, step_scalars, *, beta2, eps):
       jax.ShapeDtypeStruct(v.shape, v.dtype),
     ),
     input_output_aliases={0: 0, 1: 1, 2: 2},
+    # Under jax.vmap, one call per batch element.
+    vmap_method='sequential',
   )
   return call(
     x,
@@ -78,12 +80,8 @@ def kernel_update(x, z, v, grad, step_scalars, *, beta2, eps):
   )
 
 
-def _probe_mismatch(reference_update) -> str | None:
-  """Runs the kernel and `reference_update` on one probe; names a mismatch.
-
-  Args:
-    reference_update: the jax.numpy form, with `kernel_update`'s signature.
-  """
+def _probe_cases(beta2: float):
+  """(x, z, v, grad) arrays of the probe, float32 and bfloat16."""
   rng = np.random.default_rng(0)
   size = 70_001
   x = rng.standard_normal(size).astype(np.float32)
@@ -91,23 +89,37 @@ def _probe_mismatch(reference_update) -> str | None:
   grad = rng.standard_normal(size) * 10.0 ** rng.integers(-8, 4, size)
   v = (rng.random(size) * 1e-3).astype(jnp.bfloat16)
   v[::7] = 0
+  yield x, z, v, grad.astype(np.float32)
+  v_bits, grad = native_build.rounding_tie_cases(beta2)
+  x = rng.standard_normal(len(grad)).astype(np.float32)
+  yield x, x + np.float32(0.01), v_bits.view(jnp.bfloat16), grad
+
+
+def _probe_mismatch(reference_update) -> str | None:
+  """Runs the kernel and `reference_update` on one probe; names a mismatch.
+
+  The probe covers gradients over twelve decades, v = 0, both lerp
+  branches, and the rounding ties of v's update where fusing its
+  multiply-add matters (`native_build.rounding_tie_cases`).
+
+  Args:
+    reference_update: the jax.numpy form, with `kernel_update`'s signature.
+  """
   beta2 = 0.9955159689799007
-  for average in (1.0, 0.7, 0.01):
-    scalars = np.array([-7e-4, -6e-5, average], np.float32)
-    args = (x, z, v, grad.astype(np.float32), scalars)
-    got = jax.jit(
-      functools.partial(kernel_update, beta2=beta2, eps=1e-8),
-    )(*args)
-    want = jax.jit(
-      functools.partial(reference_update, beta2=beta2, eps=1e-8),
-    )(*args)
-    for name, got_values, want_values in zip('xzv', got, want, strict=True):
-      differ = np.asarray(got_values) != np.asarray(want_values)
-      if differ.any():
-        return (
-          f'{name} differs in {int(differ.sum())} of {size} elements at '
-          f'averaging weight {average}'
-        )
+  kernel_form = jax.jit(functools.partial(kernel_update, beta2=beta2, eps=1e-8))
+  jnp_form = jax.jit(functools.partial(reference_update, beta2=beta2, eps=1e-8))
+  for x, z, v, grad in _probe_cases(beta2):
+    for average in (1.0, 0.7, 0.01):
+      scalars = np.array([-7e-4, -6e-5, average], np.float32)
+      got = kernel_form(x, z, v, grad, scalars)
+      want = jnp_form(x, z, v, grad, scalars)
+      for name, got_values, want_values in zip('xzv', got, want, strict=True):
+        differ = np.asarray(got_values) != np.asarray(want_values)
+        if differ.any():
+          return (
+            f'{name} differs in {int(differ.sum())} of {len(x)} elements '
+            f'at averaging weight {average}'
+          )
   return None
 
 

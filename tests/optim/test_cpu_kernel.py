@@ -7,8 +7,11 @@ not depend on the thread count, and that every way it can fail leaves a
 working optimizer and one clear message.
 """
 
+import subprocess
+import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,7 +57,10 @@ def test_builds_once_into_the_cache_and_reuses_it(fresh_kernel):
     assert cpu_kernel.load_kernel() is not None
   (library,) = fresh_kernel.glob('*.so')
   built_at = library.stat().st_mtime_ns
-  assert not list(fresh_kernel.glob('*.tmp'))  # the build was atomic
+  assert not list(fresh_kernel.glob('*tmp*'))  # the build was atomic
+  assert library.with_suffix('.sha256').read_text().strip() == (
+    native_build._digest(library)
+  )
 
   cpu_kernel.load_kernel.cache_clear()
   assert cpu_kernel.load_kernel() is not None
@@ -121,7 +127,7 @@ def test_no_compiler_falls_back_with_one_warning(fresh_kernel, monkeypatch):
     warnings.simplefilter('error')  # cached: no second warning
     fallback = _train({})
   assert torch.equal(fallback[0].weight, _train({'fused': False})[0].weight)
-  with pytest.raises(RuntimeError, match='fused=True'):
+  with pytest.raises(RuntimeError, match='fused=True.*no C compiler'):
     _train({'fused': True})
 
 
@@ -129,7 +135,9 @@ def test_a_build_error_names_the_compiler_output(fresh_kernel, monkeypatch):
   broken = fresh_kernel.parent / 'broken.c'
   broken.write_text('this is not C;\n')
   monkeypatch.setattr(native_build, 'C_SOURCE', broken)
-  with pytest.warns(RuntimeWarning, match=r'failed on broken\.c: .*error'):
+  with pytest.warns(
+    RuntimeWarning, match=r'failed on broken\.c \(exit 1\): .*error'
+  ):
     assert cpu_kernel.load_kernel() is None
   assert not list(fresh_kernel.glob('*'))  # nothing half-written is kept
 
@@ -158,3 +166,114 @@ def test_the_environment_switch_turns_it_off_silently(
     with pytest.raises(RuntimeError, match='SFPERF_NO_CPU_KERNEL is set'):
       _train({'fused': True})
   assert not fresh_kernel.exists()  # nothing was built
+
+
+def test_the_probe_includes_the_rounding_ties_where_fusing_matters():
+  beta2 = 0.9955159689799007
+  v_bits, grad = native_build.rounding_tie_cases(beta2)
+  v = torch.from_numpy(v_bits.view(np.int16)).view(torch.bfloat16)
+  grad = torch.from_numpy(grad)
+  decayed = v.float().mul(np.float32(beta2)).bfloat16().float()
+  scaled = torch.tensor(1 - beta2, dtype=torch.float32) * grad
+  unfused = (decayed + scaled * grad).bfloat16()
+  fused = (decayed.double() + scaled.double() * grad.double()).float()
+  fused = fused.bfloat16()
+  assert len(grad) == 64 and bool((unfused != fused).all())
+
+  # torch's in-place ops (what the loop runs) pick one side on every case:
+  # on this CPU the fused one, which the kernel must then match.
+  torch_v = v.clone().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+  assert torch.equal(torch_v, fused) or torch.equal(torch_v, unfused)
+
+  # A one-element repro from a breaker pass: the stored v differed.
+  param = torch.nn.Parameter(torch.tensor([1.0]))
+  results = []
+  for fused_path in (False, True):
+    param = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = ScheduleFreeAdamWV1(
+      [param], lr=1e-2, betas=(0.9, 0.995), foreach=False, fused=fused_path
+    )
+    optimizer.step(lambda param=param: setattr(param, 'grad', torch.zeros(1)))
+    optimizer.state[param]['exp_avg_sq'].fill_(0.004974365234375)
+    optimizer.step(
+      lambda param=param: setattr(
+        param, 'grad', torch.tensor([-1.6162625551223755])
+      )
+    )
+    results.append((param.detach().clone(), optimizer.state[param]))
+  assert torch.equal(results[0][0], results[1][0])
+  for key in ('z', 'exp_avg_sq'):
+    assert torch.equal(results[0][1][key], results[1][1][key])
+
+
+def test_a_damaged_cached_build_is_rebuilt_not_loaded(fresh_kernel):
+  # Loading a truncated shared object kills the process (SIGBUS), so the
+  # digest written beside each build must catch it first.
+  assert cpu_kernel.load_kernel() is not None
+  (library,) = fresh_kernel.glob('*.so')
+  whole = library.read_bytes()
+  # A new file, not a write into the old one: this process has that one
+  # mapped, and truncating it under the mapping would crash the test.
+  library.unlink()
+  library.write_bytes(whole[: len(whole) // 3])
+  cpu_kernel.load_kernel.cache_clear()
+
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert cpu_kernel.load_kernel() is not None
+  assert library.read_bytes() == whole  # the same build, made again
+
+
+def test_a_hanging_compiler_times_out(fresh_kernel, monkeypatch, tmp_path):
+  compiler = tmp_path / 'hanging-cc'
+  compiler.write_text('#!/bin/sh\nsleep 30\n')
+  compiler.chmod(0o755)
+  monkeypatch.setenv('CC', str(compiler))
+  monkeypatch.setattr(native_build, 'VERSION_TIMEOUT_SEC', 0.5)
+  with pytest.warns(RuntimeWarning, match=r'did not finish in 0 s'):
+    assert cpu_kernel.load_kernel() is None
+
+
+def test_cc_may_carry_arguments(fresh_kernel, monkeypatch):
+  monkeypatch.setenv('CC', 'gcc -DSFPERF_TEST_ARGUMENT=1')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert cpu_kernel.load_kernel() is not None
+
+
+def test_an_unusable_cache_folder_is_named(fresh_kernel, monkeypatch, tmp_path):
+  blocker = tmp_path / 'a-file'
+  blocker.write_text('')
+  monkeypatch.setenv(native_build.CACHE_ENV, str(blocker / 'kernels'))
+  with pytest.warns(
+    RuntimeWarning, match=f'kernel cache .*unusable.*{native_build.CACHE_ENV}'
+  ):
+    assert cpu_kernel.load_kernel() is None
+
+
+def test_tensor_subclasses_go_through_torch_ops(tmp_path):
+  # A DTensor (FSDP2, tensor parallelism) reports a CPU float32 contiguous
+  # tensor but data_ptr() 0: handing it to the kernel crashed the process.
+  script = f"""
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from sfperf.optim import ScheduleFreeAdamWV1
+dist.init_process_group(
+  'gloo', init_method='file://{tmp_path}/store', rank=0, world_size=1
+)
+mesh = init_device_mesh('cpu', (1,))
+ones = torch.ones(100, 10)
+weight = torch.nn.Parameter(distribute_tensor(ones, mesh, [Shard(0)]))
+assert weight.data_ptr() == 0
+optimizer = ScheduleFreeAdamWV1([weight], lr=0.1)
+optimizer.step(lambda: setattr(
+  weight, 'grad', distribute_tensor(torch.ones(100, 10), mesh, [Shard(0)])))
+assert float(weight.full_tensor().max()) < 1
+print('SUBCLASS-OK')
+"""
+  completed = subprocess.run(
+    [sys.executable, '-c', script], capture_output=True, text=True, timeout=120
+  )
+  assert completed.returncode == 0, completed.stderr[-2000:]
+  assert 'SUBCLASS-OK' in completed.stdout

@@ -34,6 +34,12 @@ SETTINGS = {
 SHAPES = {'conv': (8, 3, 3, 3), 'bias': (7,), 'dense': (300, 701)}
 
 
+@pytest.fixture(autouse=True)
+def every_leaf_size(monkeypatch):
+  """Small leaves take the kernel too, so that it meets every shape here."""
+  monkeypatch.setattr(schedule_free_jax, 'KERNEL_MIN_SIZE', 1)
+
+
 def _params(dtypes=None):
   rng = np.random.default_rng(0)
   return {
@@ -76,6 +82,24 @@ def test_every_float32_leaf_takes_the_kernel_on_cpu():
   assert _kernel_calls() == len(SHAPES)
   # A bfloat16 parameter goes through jax.numpy.
   assert _kernel_calls({'bias': jnp.bfloat16}) == len(SHAPES) - 1
+
+
+def test_small_leaves_stay_in_jax_numpy_by_default(monkeypatch):
+  monkeypatch.setattr(schedule_free_jax, 'KERNEL_MIN_SIZE', 65536)
+  assert _kernel_calls() == 1  # only 'dense' (210300 elements)
+
+
+def test_vmap_over_the_update_runs_the_kernel_per_element():
+  optimizer = schedule_free_adamw_v1(**SETTINGS)
+  params = {'w': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+  batched_update = jax.vmap(optimizer.update, in_axes=(0, None, None))
+  grads = {'w': jnp.ones((2, 3, 4))}
+  new_params, _ = batched_update(grads, optimizer.init(params), params)
+  assert new_params['w'].shape == (2, 3, 4)
+  single, _ = optimizer.update(
+    {'w': jnp.ones((3, 4))}, optimizer.init(params), params
+  )
+  np.testing.assert_array_equal(new_params['w'][1], single['w'])
 
 
 def test_runs_with_and_without_the_kernel_are_identical():
@@ -130,7 +154,7 @@ import numpy as np
 from sfperf.optim import schedule_free_adamw_v1, xla_kernel
 
 optimizer = schedule_free_adamw_v1(learning_rate=0.1)
-params = {'w': jnp.ones(5)}
+params = {'w': jnp.ones(70_000)}  # above the kernel's minimum size
 with warnings.catch_warnings(record=True) as caught:
   warnings.simplefilter('always')
   update = jax.jit(optimizer.update)

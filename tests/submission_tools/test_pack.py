@@ -472,7 +472,7 @@ import jax.numpy as jnp
 optimizer_module = importlib.import_module('{name}.schedule_free_jax')
 kernel_module = sys.modules['{name}.xla_kernel']
 optimizer = optimizer_module.schedule_free_adamw_v1(learning_rate=0.1)
-params = {{'w': jnp.ones(5)}}
+params = {{'w': jnp.ones(70_000)}}  # above the kernel's minimum size
 lowered = jax.jit(optimizer.update).lower(
   params, optimizer.init(params), params
 )
