@@ -196,12 +196,15 @@ def schedule_free_adamw_v1(
   applied to z; the lr is floored at eps, so S_k > 0 and lr = 0 still moves
   the parameters by steps of about eps.
 
-  On the CPU backend each float32 leaf is updated by a one-pass native
-  kernel (sfperf/optim/xla_kernel.py), which XLA calls as a custom call; it
-  gives the same bits as the jax.numpy form that runs elsewhere (checked on
-  a probe before first use; any difference and jax.numpy is used). Memory:
-  z and v are the only parameter-sized buffers kept; the update allocates
-  none when parameters and state are donated.
+  On the CPU backend, in a one-device process, each float32 leaf of at
+  least `KERNEL_MIN_SIZE` elements is updated by a one-pass native kernel
+  (sfperf/optim/xla_kernel.py) that XLA calls as a custom call; it gives
+  the same bits as the jax.numpy form used everywhere else (checked on a
+  probe before first use; any difference and jax.numpy is used). The
+  kernel runs under jax.vmap but cannot be differentiated: to take
+  gradients through `update`, build the optimizer with cpu_kernel=False.
+  Memory: z and v are the only parameter-sized buffers kept; the update
+  allocates none when parameters and state are donated.
 
   Differences from the PyTorch class `ScheduleFreeAdamWV1`, none of them
   more than float32 rounding: the per-step scalars are float32 here (Python
