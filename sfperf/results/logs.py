@@ -281,10 +281,16 @@ def read_submission(
           continue
         trial_dirs = [t for t in _listdir(workload_path) if _TRIAL_DIR.match(t)]
         if not trial_dirs:
+          # In the published logs these are stray trial_<k> folders placed
+          # directly under a study.
+          what = (
+            'a trial_<k> folder directly under a study'
+            if _TRIAL_DIR.match(workload)
+            else 'a folder with no trial_<k> folders in it'
+          )
           _warn(
             warnings,
-            f'{workload_path}: no trial_<k> directories; not a workload '
-            'directory, ignored',
+            f'{workload_path}: {what}, so not a workload directory; ignored',
           )
           continue
         if not _is_workload_name(workload, known):
