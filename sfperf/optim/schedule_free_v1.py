@@ -114,7 +114,9 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
   gradient) torch runs the same per-tensor op from C++. The CPU kernel
   rounds where each op of the loop stores and uses a fused multiply-add
   exactly where torch's CPU kernels do; it is compared with the loop's ops
-  on a probe before first use and is not used on any difference.
+  on a probe before first use and is not used on any difference. (NaN
+  payloads aside: a NaN in v may be stored with other bits, as torch's own
+  loops do between vectorized bodies and scalar tails.)
 
   Memory. Persistent, per parameter: `z` (dtype and device of the
   parameter), `exp_avg_sq` (v, bfloat16, same device) and, only when

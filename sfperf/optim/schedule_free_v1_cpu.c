@@ -12,6 +12,10 @@
  * loop bit for bit before it is used, on inputs that include the rounding
  * ties where a fused and an unfused multiply-add store different v.
  *
+ * One difference is left: a NaN is stored as the bfloat16 NaN 0x7fc0, where
+ * torch stores 0xffff from its vectorized loops and 0x7fc0 from their
+ * scalar tails; NaN stays NaN either way, and x and z get the same bits.
+ *
  * Built on first use by sfperf/optim/native_build.py; no Python or torch
  * headers are needed. Tensors are float32 (p: the parameter, z, g: the
  * gradient) and bfloat16 bits (v), contiguous, one pointer per tensor.
