@@ -42,6 +42,11 @@ def save_pytree(path: str, tree: Any) -> None:
   dtype_names = []
   for index, leaf in enumerate(leaves):
     host = np.asarray(jax.device_get(leaf))
+    if host.dtype.kind == 'O':
+      raise TypeError(
+        f'leaf {index} of the tree is a {type(leaf).__name__}, not an array '
+        'or a scalar; it cannot be saved'
+      )
     dtype_names.append(host.dtype.name)
     arrays[_leaf_key(index)] = np.frombuffer(host.tobytes(), np.uint8)
     arrays[_shape_key(index)] = np.array(host.shape, np.int64)

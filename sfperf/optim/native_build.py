@@ -96,8 +96,11 @@ def _find_compiler(
   gcc'), else the first candidate on the PATH; the program made absolute."""
   wanted = os.environ.get(variable, '').strip()
   if wanted:
-    command = shlex.split(wanted)
-    program = shutil.which(command[0])
+    try:
+      command = shlex.split(wanted)
+    except ValueError as error:
+      raise KernelUnavailable(f'{variable}={wanted!r}: {error}') from None
+    program = shutil.which(command[0]) if command else None
   else:
     command = ['']
     program = next(filter(None, map(shutil.which, candidates)), None)
@@ -136,8 +139,10 @@ def _run(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
     raise KernelUnavailable(f'cannot run {command[0]}: {error}') from None
 
 
-def _compiler_version(compiler: Sequence[str]) -> str:
-  return _run([*compiler, '--version'], VERSION_TIMEOUT_SEC).stdout
+def _compiler_identity(compiler: Sequence[str]) -> str:
+  """The command (with any arguments from CC/CXX) and its version."""
+  version = _run([*compiler, '--version'], VERSION_TIMEOUT_SEC).stdout
+  return ' '.join(compiler) + '\n' + version
 
 
 def _digest(path: pathlib.Path) -> str:
@@ -215,6 +220,7 @@ def load_library(
   compiler: Sequence[str],
   extra_flags: Sequence[str] = (),
   inputs: Sequence[pathlib.Path] = (),
+  symbols: Sequence[str] = (),
 ) -> ctypes.CDLL:
   """Loads the cached build of `source`, building it first if needed.
 
@@ -227,6 +233,7 @@ def load_library(
     compiler: from `c_compiler()` or `cxx_compiler()`.
     extra_flags: added to `BASE_FLAGS`; part of the cache key.
     inputs: other files the source includes; part of the cache key.
+    symbols: names the library must export.
 
   Raises:
     KernelUnavailable: if neither build succeeds or loads.
@@ -237,7 +244,7 @@ def load_library(
     raise KernelUnavailable(
       f'kernel source missing ({error}); reinstall sfperf'
     ) from None
-  version = _compiler_version(compiler)
+  version = _compiler_identity(compiler)
   folder = cache_dir()
   try:
     folder.mkdir(parents=True, exist_ok=True)
@@ -260,7 +267,9 @@ def load_library(
       if not _intact(target):
         _build(compiler, source, flags, target)
       library = ctypes.CDLL(str(target))
-    except (KernelUnavailable, OSError) as error:
+      for symbol in symbols:
+        getattr(library, symbol)  # AttributeError if it is not there
+    except (KernelUnavailable, OSError, AttributeError) as error:
       errors.append(str(error))
       continue
     if errors:
@@ -290,7 +299,13 @@ def rounding_tie_cases(
 
   Returns:
     uint16 bfloat16 bit patterns of v, and float32 gradients, `count` each.
+
+  Raises:
+    ValueError: beta2 outside (0, 1).
+    RuntimeError: too few ties found (beta2 within about 1e-6 of 0 or 1).
   """
+  if not 0.0 < beta2 < 1.0:
+    raise ValueError(f'beta2 must be in (0, 1), got {beta2}')
   rng = np.random.default_rng(seed)
   scale = np.float32(1 - beta2)
   v_bits = rng.integers(0x3A00, 0x3F00, 4096).astype(np.uint16)
@@ -312,6 +327,30 @@ def rounding_tie_cases(
   if rows.size < count:
     raise RuntimeError(f'found {rows.size} rounding ties, wanted {count}')
   return v_bits[rows[:count]], g[rows[:count], columns[:count]]
+
+
+def special_values() -> np.ndarray:
+  """float32 gradients a kernel built with unsafe float flags gets wrong:
+  NaN (the default one and one with every payload bit set), infinities,
+  signed zeros, subnormals and the largest finite values."""
+  bits = np.array(
+    [
+      0x7FC00000,  # NaN
+      0x7FFFFFFF,  # NaN, every payload bit set
+      0xFFC00000,  # the NaN x86 arithmetic makes
+      0x7F800000,  # +inf
+      0xFF800000,  # -inf
+      0x00000000,  # +0
+      0x80000000,  # -0
+      0x00000001,  # smallest subnormal
+      0x807FFFFF,  # largest negative subnormal
+      0x7F7FFFFF,  # largest finite
+      0xFF7FFFFF,
+      0x3F800000,  # 1
+    ],
+    dtype=np.uint32,
+  )
+  return np.tile(bits, 3).view(np.float32)
 
 
 def _round_bf16(values: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ def _register() -> None:
     native_build.cxx_compiler(),
     extra_flags=('-std=c++17', f'-I{jax.ffi.include_dir()}'),
     inputs=(native_build.C_SOURCE,),
+    symbols=('SfV1Update',),
   )
   jax.ffi.register_ffi_target(
     TARGET_NAME, jax.ffi.pycapsule(library.SfV1Update), platform='cpu'
@@ -93,14 +94,31 @@ def _probe_cases(beta2: float):
   v_bits, grad = native_build.rounding_tie_cases(beta2)
   x = rng.standard_normal(len(grad)).astype(np.float32)
   yield x, x + np.float32(0.01), v_bits.view(jnp.bfloat16), grad
+  grad = native_build.special_values()
+  x = rng.standard_normal(len(grad)).astype(np.float32)
+  v = rng.random(len(grad)).astype(jnp.bfloat16)
+  yield x, x - np.float32(0.01), v, grad
+
+
+def _differ(got, want, is_v: bool) -> int:
+  """Elements whose bits differ; for v, any NaN matches any NaN."""
+  got, want = np.asarray(got), np.asarray(want)
+  if is_v:
+    both_nan = np.isnan(got.astype(np.float32)) & np.isnan(
+      want.astype(np.float32)
+    )
+    got, want = np.where(both_nan, 0, got), np.where(both_nan, 0, want)
+  integer = np.uint16 if got.dtype.itemsize == 2 else np.uint32
+  return int(np.sum(got.view(integer) != want.view(integer)))
 
 
 def _probe_mismatch(reference_update) -> str | None:
   """Runs the kernel and `reference_update` on one probe; names a mismatch.
 
   The probe covers gradients over twelve decades, v = 0, both lerp
-  branches, and the rounding ties of v's update where fusing its
-  multiply-add matters (`native_build.rounding_tie_cases`).
+  branches, the rounding ties of v's update where fusing its multiply-add
+  matters (`native_build.rounding_tie_cases`), and NaN, infinite, zero and
+  subnormal gradients.
 
   Args:
     reference_update: the jax.numpy form, with `kernel_update`'s signature.
@@ -114,11 +132,11 @@ def _probe_mismatch(reference_update) -> str | None:
       got = kernel_form(x, z, v, grad, scalars)
       want = jnp_form(x, z, v, grad, scalars)
       for name, got_values, want_values in zip('xzv', got, want, strict=True):
-        differ = np.asarray(got_values) != np.asarray(want_values)
-        if differ.any():
+        differ = _differ(got_values, want_values, name == 'v')
+        if differ:
           return (
-            f'{name} differs in {int(differ.sum())} of {len(x)} elements '
-            f'at averaging weight {average}'
+            f'{name} differs in {differ} of {len(x)} elements at averaging '
+            f'weight {average}'
           )
   return None
 

@@ -109,18 +109,32 @@ def check_optimizer_state(optimizer_state: Any) -> None:
 
   The official runner does `opt_state, opt_update_fn = optimizer_state`
   before the first step of every run (looking for a checkpoint) and at
-  every save, so anything else fails there.
+  every save, so anything but a pair fails there; it checkpoints
+  `opt_state` as a pytree, so its leaves must be arrays or scalars.
 
   Raises:
-    TypeError: the state is not a 2-tuple.
+    TypeError: the state is not a pair, or a leaf of `opt_state` is not an
+      array or a scalar (a function, an arbitrary object).
   """
-  if not (isinstance(optimizer_state, tuple) and len(optimizer_state) == 2):
+  if not (
+    isinstance(optimizer_state, (tuple, list)) and len(optimizer_state) == 2
+  ):
     raise TypeError(
       'init_optimizer_state returned a '
       f'{type(optimizer_state).__name__}, not the pair (opt_state, '
       "opt_update_fn) that AlgoPerf's JAX runner unpacks before the first "
       'step; return (state, None) if there is no update function'
     )
+  leaves = jax.tree_util.tree_flatten_with_path(optimizer_state[0])[0]
+  for path, leaf in leaves:
+    if hasattr(leaf, 'dtype') and hasattr(leaf, 'shape'):
+      continue  # an array: no need to copy it to look
+    if np.asarray(leaf).dtype.kind == 'O':
+      raise TypeError(
+        f'opt_state{jax.tree_util.keystr(path)} is a {type(leaf).__name__}, '
+        'which a checkpoint cannot hold; keep arrays and scalars in '
+        "opt_state (functions belong in the pair's second element)"
+      )
 
 
 def _json_default(value: Any) -> Any:

@@ -277,3 +277,46 @@ print('SUBCLASS-OK')
   )
   assert completed.returncode == 0, completed.stderr[-2000:]
   assert 'SUBCLASS-OK' in completed.stdout
+
+
+def test_a_build_with_unsafe_float_flags_fails_the_probe(
+  fresh_kernel, monkeypatch
+):
+  # Arguments in CC are part of the cache key, and the probe's NaN and
+  # infinite gradients catch what -ffinite-math-only gets wrong.
+  monkeypatch.setenv('CC', 'gcc -ffinite-math-only')
+  with pytest.warns(RuntimeWarning, match='not bit-identical'):
+    assert cpu_kernel.load_kernel() is None
+  monkeypatch.setenv('CC', 'gcc')
+  cpu_kernel.load_kernel.cache_clear()
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert cpu_kernel.load_kernel() is not None
+  assert len(list(fresh_kernel.glob('*.so'))) == 2  # two keys, two builds
+
+
+@pytest.mark.parametrize(
+  ('value', 'message'),
+  [('gcc "-DX=1', 'No closing quotation'), ('  ', 'none found')],
+)
+def test_an_unparsable_cc_falls_back(fresh_kernel, monkeypatch, value, message):
+  monkeypatch.setenv('CC', value)
+  if not value.strip():
+    monkeypatch.setenv('PATH', str(fresh_kernel))  # and no cc on the PATH
+  with pytest.warns(RuntimeWarning, match=message):
+    assert cpu_kernel.load_kernel() is None
+
+
+def test_a_library_without_the_kernel_symbols_is_not_used(fresh_kernel):
+  with pytest.raises(native_build.KernelUnavailable, match='no_such_symbol'):
+    native_build.load_library(
+      native_build.C_SOURCE,
+      native_build.c_compiler(),
+      symbols=('no_such_symbol',),
+    )
+
+
+@pytest.mark.parametrize('beta2', [0.0, 1.0, -0.5, float('nan')])
+def test_rounding_tie_cases_reject_beta2_outside_the_open_interval(beta2):
+  with pytest.raises(ValueError, match='beta2 must be in'):
+    native_build.rounding_tie_cases(beta2)

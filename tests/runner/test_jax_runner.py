@@ -304,3 +304,14 @@ def test_the_update_function_is_not_saved_and_is_handed_back(
   saved_structure = str(arrays['treedef'])
   assert 'max_checked_eval_step' in saved_structure  # the state is saved
   assert '_update_fn' not in saved_structure  # the function is not
+
+
+def test_the_pair_may_be_a_list_but_its_state_holds_only_arrays():
+  check = jax_trial_checkpoint.check_optimizer_state
+  check([{'k': np.zeros(2)}, None])  # unpacks as the official runner does
+  check(({'k': 1, 'name': 'adamw', 'lr': 0.5}, print))
+  for bad in ({'k': 1}, ({'k': 1},), ({'k': 1}, None, None)):
+    with pytest.raises(TypeError, match='not the pair'):
+      check(bad)
+  with pytest.raises(TypeError, match=r"opt_state\['fn'\] is a function"):
+    check(({'k': np.zeros(2), 'fn': lambda x: x}, None))
