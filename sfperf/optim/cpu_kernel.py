@@ -9,14 +9,13 @@ to the torch ops with one warning that says why.
 
 import ctypes
 import functools
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from sfperf.optim import native_build
-from sfperf.optim.native_build import DISABLE_ENV, KernelUnavailable
+from sfperf.optim.native_build import KernelUnavailable
 
 
 def _declare(library: ctypes.CDLL) -> None:
@@ -72,6 +71,9 @@ def eligible(tensors: Sequence[torch.Tensor | None]) -> bool:
   )
 
 
+OWNER = 'ScheduleFreeAdamWV1'
+
+
 def _pointer_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
   return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
@@ -81,9 +83,10 @@ def _size_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
 
 
 class CpuKernel:
-  """Calls into the built library; use `load_kernel()` to get one."""
+  """Calls into the built library; `load_kernel` gives a checked one."""
 
   def __init__(self, library: ctypes.CDLL) -> None:
+    _declare(library)
     self._library = library
 
   def lerp_(
@@ -141,66 +144,37 @@ class CpuKernel:
     )
 
 
-def _reference_update(param, z, grad, v, scalars) -> None:
-  """The torch ops the kernel replaces (kept in step with `_update_loop`)."""
-  back_to_x, beta2, one_minus_beta2, eps, minus_step, decay, average = scalars
-  param.lerp_(z, back_to_x)
-  v.mul_(beta2).addcmul_(grad, grad, value=one_minus_beta2)
-  denominator = v.sqrt().add_(eps)
-  z.addcdiv_(grad, denominator, value=minus_step)
-  z.sub_(param, alpha=decay)
-  param.lerp_(z, average)
+def _probe_mismatch(kernel: CpuKernel, reference_step) -> str | None:
+  """Runs kernel and `reference_step` on `native_build.probe_cases()`, and
+  the kernel's lerp beside torch's; names the first mismatch, if any."""
+  beta2 = native_build.PROBE_BETA2
+  for case in native_build.probe_cases():
+    scalars = (
+      1 - 1 / native_build.PROBE_BETA1,
+      beta2,
+      1 - beta2,
+      native_build.PROBE_EPS,
+      -native_build.PROBE_STEP_SIZE,
+      native_build.PROBE_DECAY,
+      case.averaging_weight,
+    )
+    results = []
 
+    def kernel_step(param, z, grad, v, scalars):
+      kernel.update_([param], [z], [grad], [v], scalars)
 
-def _probe_cases(generator: torch.Generator, beta2: float):
-  """(size, averaging weight, param, z, grad, v) cases of the probe."""
-  for size, average in ((1, 1.0), (37, 0.3), (1000, 0.7), (70_001, 0.01)):
-    param = torch.randn(size, generator=generator)
-    z = param + 0.1 * torch.randn(size, generator=generator)
-    exponent = torch.randint(-8, 4, (size,), generator=generator)
-    grad = torch.randn(size, generator=generator) * 10.0**exponent
-    v = (torch.rand(size, generator=generator) * 1e-3).to(torch.bfloat16)
-    v[::7] = 0
-    yield size, average, param, z, grad, v
-  v_bits, grad = native_build.rounding_tie_cases(beta2)
-  param = torch.randn(len(grad), generator=generator)
-  v = torch.from_numpy(v_bits.view(np.int16)).view(torch.bfloat16).clone()
-  yield len(grad), 0.2, param, param + 0.01, torch.from_numpy(grad), v
-  grad = torch.from_numpy(native_build.special_values())
-  param = torch.randn(len(grad), generator=generator)
-  v = torch.rand(len(grad), generator=generator).to(torch.bfloat16)
-  yield len(grad), 0.6, param, param - 0.01, grad, v
-
-
-def _same_bits(got: torch.Tensor, want: torch.Tensor, is_v: bool) -> bool:
-  """Equal bit for bit; for v, any NaN matches any NaN (torch itself stores
-  NaN with two different bit patterns)."""
-  if is_v:
-    both_nan = got.isnan() & want.isnan()
-    got, want = got.masked_fill(both_nan, 0), want.masked_fill(both_nan, 0)
-  integer = torch.int16 if got.element_size() == 2 else torch.int32
-  return torch.equal(got.view(integer), want.view(integer))
-
-
-def _probe_mismatch(kernel: CpuKernel) -> str | None:
-  """Runs kernel and torch ops on the same probe; names the first mismatch.
-
-  The probe covers both lerp branches, gradients over twelve decades,
-  v = 0 (where the denominator is eps), lengths that leave vector tails,
-  the rounding ties of v's update where fusing its multiply-add matters
-  (`native_build.rounding_tie_cases`), and NaN, infinite, zero and
-  subnormal gradients (a build with unsafe float flags fails on these).
-  """
+    for step in (kernel_step, reference_step):
+      param = torch.from_numpy(case.param.copy())
+      z = torch.from_numpy(case.z.copy())
+      v = torch.from_numpy(case.v_bits.view(np.int16).copy())
+      step(
+        param, z, torch.from_numpy(case.grad), v.view(torch.bfloat16), scalars
+      )
+      results.append((param.numpy(), z.numpy(), v.numpy().view(np.uint16)))
+    mismatch = native_build.differences(*results)
+    if mismatch is not None:
+      return f'{mismatch} at averaging weight {case.averaging_weight}'
   generator = torch.Generator().manual_seed(0)
-  beta2 = 0.9955159689799007
-  for size, average, param, z, grad, v in _probe_cases(generator, beta2):
-    scalars = (1 - 1 / 0.9, beta2, 1 - beta2, 1e-8, -7e-4, 6e-5, average)
-    expected = [t.clone() for t in (param, z, v)]
-    _reference_update(expected[0], expected[1], grad, expected[2], scalars)
-    kernel.update_([param], [z], [grad], [v], scalars)
-    for name, got, want in zip('pzv', (param, z, v), expected, strict=True):
-      if not _same_bits(got, want, name == 'v'):
-        return f'{name} differs in some of {size} elements'
   moved = torch.randn(1000, generator=generator)
   target = torch.randn(1000, generator=generator)
   for weight in (0.1, -0.111, 0.9):
@@ -212,25 +186,23 @@ def _probe_mismatch(kernel: CpuKernel) -> str | None:
   return None
 
 
-_why_unavailable: list[str] = []
-
-
 def why_unavailable() -> str:
-  """Why `load_kernel()` returned None, in a few words."""
-  if native_build.disabled():
-    return f'{DISABLE_ENV} is set'
-  return _why_unavailable[-1] if _why_unavailable else 'not loaded yet'
+  """Why `load_kernel` returned None, in a few words."""
+  return native_build.why_unavailable(OWNER)
 
 
 @functools.cache
-def load_kernel() -> CpuKernel | None:
-  """The checked kernel, or None (with one warning) where it cannot be used.
+def load_kernel(reference_step) -> CpuKernel | None:
+  """The kernel, checked against `reference_step`; None (with one warning)
+  where it cannot be built or differs, and silently where disabled.
 
-  $SFPERF_NO_CPU_KERNEL=1 turns it off without a warning.
+  Args:
+    reference_step: the torch ops the kernel replaces, as
+      `reference_step(param, z, grad, v, scalars)` on one tensor each, with
+      scalars as `CpuKernel.update_` takes them.
   """
-  if native_build.disabled():
-    return None
-  try:
+
+  def load() -> CpuKernel:
     kernel = CpuKernel(
       native_build.load_library(
         native_build.C_SOURCE,
@@ -238,19 +210,11 @@ def load_kernel() -> CpuKernel | None:
         symbols=('sf_v1_lerp', 'sf_v1_update'),
       )
     )
-    _declare(kernel._library)
-    mismatch = _probe_mismatch(kernel)
+    mismatch = _probe_mismatch(kernel, reference_step)
     if mismatch is not None:
       raise KernelUnavailable(
         f'its step is not bit-identical to the torch ops here ({mismatch})'
       )
-  except KernelUnavailable as error:
-    _why_unavailable.append(str(error))
-    warnings.warn(
-      f'ScheduleFreeAdamWV1: one-pass CPU kernel not used, {error}; using '
-      f'torch ops (same results, slower). Set {DISABLE_ENV}=1 to silence.',
-      RuntimeWarning,
-      stacklevel=3,
-    )
-    return None
-  return kernel
+    return kernel
+
+  return native_build.checked(OWNER, 'torch ops (same results, slower)', load)

@@ -1,5 +1,6 @@
-"""When the optimizers here take their multi-tensor (foreach) path."""
+"""When and how the optimizers here take their multi-tensor (foreach) path."""
 
+import torch
 from torch.utils import _foreach_utils
 
 
@@ -18,3 +19,22 @@ def foreach_by_default(param_groups) -> bool:
     for group in param_groups
     for param in group['params']
   )
+
+
+def by_device_and_dtype(
+  params: list[torch.Tensor], *others: list[torch.Tensor]
+) -> list[tuple[list[torch.Tensor], ...]]:
+  """Splits aligned lists by the parameters' (device, dtype).
+
+  Fused foreach kernels need one device and dtype per call; the split only
+  changes which tensors share a call, never a value.
+  """
+  buckets: dict[tuple[torch.device, torch.dtype], tuple[list, ...]] = {}
+  for index, param in enumerate(params):
+    bucket = buckets.setdefault(
+      (param.device, param.dtype), tuple([] for _ in range(1 + len(others)))
+    )
+    bucket[0].append(param)
+    for tensors, source in zip(bucket[1:], others, strict=True):
+      tensors.append(source[index])
+  return list(buckets.values())

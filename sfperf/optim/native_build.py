@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -49,6 +50,9 @@ CACHE_ENV = 'SFPERF_KERNEL_CACHE'
 DISABLE_ENV = 'SFPERF_NO_CPU_KERNEL'
 
 
+T = TypeVar('T')
+
+
 class KernelUnavailable(RuntimeError):
   """A native kernel could not be built, loaded or trusted here."""
 
@@ -68,6 +72,40 @@ def cache_dir() -> pathlib.Path:
       f'no folder for built kernels ({error}); set {CACHE_ENV}'
     ) from None
   return pathlib.Path(base) / 'sfperf' / 'kernels'
+
+
+_why_unavailable: dict[str, str] = {}
+
+
+def checked(owner: str, fallback: str, load: Callable[[], T]) -> T | None:
+  """`load()`, or None with one warning naming `owner` where it raises
+  KernelUnavailable; None and no warning where the kernels are disabled.
+
+  Args:
+    owner: the optimizer whose kernel this is, for the messages.
+    fallback: what runs instead, for the warning.
+    load: builds, loads and probes the kernel.
+  """
+  if disabled():
+    return None
+  try:
+    return load()
+  except KernelUnavailable as error:
+    _why_unavailable[owner] = str(error)
+    warnings.warn(
+      f'{owner}: one-pass CPU kernel not used, {error}; using {fallback}. '
+      f'Set {DISABLE_ENV}=1 to silence.',
+      RuntimeWarning,
+      stacklevel=4,
+    )
+    return None
+
+
+def why_unavailable(owner: str) -> str:
+  """Why `checked` gave `owner` no kernel, in a few words."""
+  if disabled():
+    return f'{DISABLE_ENV} is set'
+  return _why_unavailable.get(owner, 'not loaded yet')
 
 
 def disabled() -> bool:
@@ -281,6 +319,80 @@ def load_library(
       )
     return library
   raise KernelUnavailable(errors[-1])
+
+
+# The probes' settings: the entry's beta2, at a larger step and decay.
+PROBE_BETA1 = 0.9
+PROBE_BETA2 = 0.9955159689799007
+PROBE_EPS = 1e-8
+PROBE_STEP_SIZE = 7e-4
+PROBE_DECAY = 6e-5  # step size times weight decay
+
+
+class ProbeCase(NamedTuple):
+  """One update of the probes, as NumPy arrays."""
+
+  param: np.ndarray  # float32; y for the closure form, x for JAX
+  z: np.ndarray  # float32
+  v_bits: np.ndarray  # uint16, bfloat16 bit patterns
+  grad: np.ndarray  # float32
+  averaging_weight: float
+
+
+def probe_cases() -> list[ProbeCase]:
+  """The updates on which a kernel must give its reference's bits.
+
+  Both lerp branches (averaging weights above and below 0.5), gradients
+  over twelve decades, v = 0 (where the denominator is eps), lengths that
+  leave vector tails, the rounding ties of v's update where fusing its
+  multiply-add matters (`rounding_tie_cases`), and NaN, infinite, zero and
+  subnormal gradients (a build with unsafe float flags fails on these).
+  """
+  rng = np.random.default_rng(0)
+  cases = []
+  for size, average in ((1, 1.0), (37, 0.3), (1000, 0.7), (70_001, 0.01)):
+    param = rng.standard_normal(size).astype(np.float32)
+    z = param + np.float32(0.1) * rng.standard_normal(size).astype(np.float32)
+    grad = rng.standard_normal(size) * 10.0 ** rng.integers(-8, 4, size)
+    v = _round_bf16((rng.random(size) * 1e-3).astype(np.float32))
+    v[::7] = 0
+    v_bits = (v.view(np.uint32) >> 16).astype(np.uint16)
+    cases.append(ProbeCase(param, z, v_bits, grad.astype(np.float32), average))
+  v_bits, grad = rounding_tie_cases(PROBE_BETA2)
+  param = rng.standard_normal(len(grad)).astype(np.float32)
+  cases.append(ProbeCase(param, param + np.float32(0.01), v_bits, grad, 0.2))
+  grad = special_values()
+  param = rng.standard_normal(len(grad)).astype(np.float32)
+  v_bits = rng.integers(0x3A00, 0x3F00, len(grad)).astype(np.uint16)
+  cases.append(ProbeCase(param, param - np.float32(0.01), v_bits, grad, 0.6))
+  return cases
+
+
+def differences(
+  got: Sequence[np.ndarray], want: Sequence[np.ndarray]
+) -> str | None:
+  """Names the first of (param, z, v bits) that differs, or None.
+
+  Float32 arrays must agree bit for bit; in v (uint16 bfloat16 bits) any NaN
+  matches any NaN, since torch itself stores NaN with two bit patterns.
+  """
+  for name, got_values, want_values in zip(
+    ('param', 'z', 'v'), got, want, strict=True
+  ):
+    got_bits = np.asarray(got_values).view(
+      np.uint16 if name == 'v' else np.uint32
+    )
+    want_bits = np.asarray(want_values).view(got_bits.dtype)
+    differ = got_bits != want_bits
+    if name == 'v':
+      differ &= ~(_is_bf16_nan(got_bits) & _is_bf16_nan(want_bits))
+    if differ.any():
+      return f'{name} differs in {int(differ.sum())} of {differ.size} elements'
+  return None
+
+
+def _is_bf16_nan(bits: np.ndarray) -> np.ndarray:
+  return (bits & 0x7FFF) > 0x7F80
 
 
 def rounding_tie_cases(

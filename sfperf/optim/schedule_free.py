@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from sfperf.optim.foreach import foreach_by_default
+from sfperf.optim.foreach import by_device_and_dtype, foreach_by_default
 
 BiasCorrection = Literal['denominator', 'step_size']
 BIAS_CORRECTIONS = ('denominator', 'step_size')
@@ -284,7 +284,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
       params = [p for p in group['params'] if 'z' in self.state[p]]
       zs = [self.state[p]['z'] for p in params]
       if self.uses_foreach:
-        for bucket_params, bucket_zs in _by_device_and_dtype(params, zs):
+        for bucket_params, bucket_zs in by_device_and_dtype(params, zs):
           torch._foreach_lerp_(bucket_params, bucket_zs, weight)
       else:
         for param, z in zip(params, zs, strict=True):
@@ -435,7 +435,7 @@ def _update_foreach(
   grads = [p.grad for p in params]
   zs = [state[p]['z'] for p in params]
   moments = [state[p]['exp_avg_sq'] for p in params]
-  for ys, bucket_grads, bucket_zs, bucket_moments in _by_device_and_dtype(
+  for ys, bucket_grads, bucket_zs, bucket_moments in by_device_and_dtype(
     params, grads, zs, moments
   ):
     torch._foreach_mul_(bucket_moments, settings.beta2)
@@ -461,22 +461,3 @@ def _update_foreach(
     torch._foreach_lerp_(ys, bucket_zs, scalars.averaging_weight)
     torch._foreach_add_(ys, updates, alpha=scalars.y_update_weight)
     torch._foreach_sub_(bucket_zs, updates, alpha=scalars.lr)
-
-
-def _by_device_and_dtype(
-  params: list[torch.Tensor], *others: list[torch.Tensor]
-) -> list[tuple[list[torch.Tensor], ...]]:
-  """Splits aligned lists by the parameters' (device, dtype).
-
-  Fused foreach kernels need one device and dtype per call; the split only
-  changes which tensors share a call, never a value.
-  """
-  buckets: dict[tuple[torch.device, torch.dtype], tuple[list, ...]] = {}
-  for index, param in enumerate(params):
-    bucket = buckets.setdefault(
-      (param.device, param.dtype), tuple([] for _ in range(1 + len(others)))
-    )
-    bucket[0].append(param)
-    for tensors, source in zip(bucket[1:], others, strict=True):
-      tensors.append(source[index])
-  return list(buckets.values())

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from sfperf.optim import cpu_kernel
-from sfperf.optim.foreach import foreach_by_default
+from sfperf.optim.foreach import by_device_and_dtype, foreach_by_default
 
 
 class StepCoefficients(NamedTuple):
@@ -257,7 +257,7 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
       for param in group['params']
     ):
       return None
-    kernel = cpu_kernel.load_kernel()
+    kernel = cpu_kernel.load_kernel(_reference_step)
     if kernel is None and self.fused:
       raise RuntimeError(
         'ScheduleFreeAdamWV1(fused=True): the one-pass CPU kernel is not '
@@ -267,27 +267,30 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     return kernel
 
   @torch.no_grad()
-  def _move_to_y(self) -> None:
-    kernel = self._cpu_kernel()
+  def _move_to_y(self, kernel: cpu_kernel.CpuKernel | None) -> None:
     for group in self.param_groups:
       weight = 1 - group['betas'][0]
       for param in group['params']:
         if not self.state[param]:
           self._init_state(param)
       params = group['params']
-      zs = [self.state[param]['z'] for param in params]
       if kernel is not None:
-        (fast_params, fast_zs), (params, zs) = _split_for_kernel(params, zs)
+        (fast_params, fast_zs), params = _split_for_kernel(
+          params, [self.state[param]['z'] for param in params]
+        )
         kernel.lerp_(fast_params, fast_zs, weight)
+      zs = [self.state[param]['z'] for param in params]
       if self.uses_foreach:
-        for device_params, device_zs in _by_device_and_dtype(params, zs):
+        for device_params, device_zs in by_device_and_dtype(params, zs):
           torch._foreach_lerp_(device_params, device_zs, weight)
       else:
         for param, z in zip(params, zs, strict=True):
           param.lerp_(z, weight)
 
   @torch.no_grad()
-  def _update_group(self, group: dict[str, Any]) -> None:
+  def _update_group(
+    self, group: dict[str, Any], kernel: cpu_kernel.CpuKernel | None
+  ) -> None:
     beta1, beta2 = group['betas']
     eps = group['eps']
     coefficients = step_coefficients(
@@ -317,14 +320,12 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
     # The entry leaves a parameter without a gradient at y, z and v as
     # they were: it takes no part in the update.
     params = [param for param in group['params'] if param.grad is not None]
-    kernel = self._cpu_kernel()
     if kernel is not None:
-      (fast_params, zs, grads, vs), (params,) = _split_for_kernel(
+      (fast_params, zs, grads, vs), params = _split_for_kernel(
         params,
         [self.state[param]['z'] for param in params],
         [param.grad for param in params],
         [self.state[param]['exp_avg_sq'] for param in params],
-        rest=1,
       )
       kernel.update_(fast_params, zs, grads, vs, scalars)
     if self.uses_foreach:
@@ -351,11 +352,12 @@ class ScheduleFreeAdamWV1(torch.optim.Optimizer):
         'ScheduleFreeAdamWV1.step needs a closure: the gradient is taken at '
         'y, which the parameters hold only while the closure runs.'
       )
-    self._move_to_y()
+    kernel = self._cpu_kernel()
+    self._move_to_y(kernel)
     with torch.enable_grad():
       loss = closure()
     for group in self.param_groups:
-      self._update_group(group)
+      self._update_group(group, kernel)
     return loss
 
   @torch.no_grad()
@@ -452,7 +454,7 @@ def _update_foreach(
   grads = [param.grad for param in params]
   zs = [state[param]['z'] for param in params]
   vs = [state[param]['exp_avg_sq'] for param in params]
-  for group_params, group_grads, group_zs, group_vs in _by_device_and_dtype(
+  for group_params, group_grads, group_zs, group_vs in by_device_and_dtype(
     params, grads, zs, vs
   ):
     torch._foreach_lerp_(group_params, group_zs, scalars.back_to_x)
@@ -477,39 +479,30 @@ def _update_foreach(
 
 
 def _split_for_kernel(
-  *columns: list[torch.Tensor], rest: int | None = None
-) -> tuple[tuple[list[torch.Tensor], ...], tuple[list[torch.Tensor], ...]]:
-  """Splits aligned columns into rows the CPU kernel takes and the others.
+  params: list[torch.Tensor], *others: list[torch.Tensor]
+) -> tuple[tuple[list[torch.Tensor], ...], list[torch.Tensor]]:
+  """Splits aligned lists into the rows the CPU kernel takes and the rest.
 
-  Returns the kernel's rows of every column, then the other rows of the
-  first `rest` columns (all columns if None).
+  Returns the kernel's rows of `params` and of each of `others`, then the
+  parameters it does not take (whose state the torch ops look up).
   """
+  columns = (params, *others)
   taken = [cpu_kernel.eligible(row) for row in zip(*columns, strict=True)]
   fast = tuple(
     [tensor for tensor, ok in zip(column, taken, strict=True) if ok]
     for column in columns
   )
-  slow = tuple(
-    [tensor for tensor, ok in zip(column, taken, strict=True) if not ok]
-    for column in columns[:rest]
-  )
-  return fast, slow
+  rest = [param for param, ok in zip(params, taken, strict=True) if not ok]
+  return fast, rest
 
 
-def _by_device_and_dtype(
-  params: list[torch.Tensor], *others: list[torch.Tensor]
-) -> list[tuple[list[torch.Tensor], ...]]:
-  """Splits aligned lists by the parameters' (device, dtype).
+def _reference_step(param, z, grad, v, scalars) -> None:
+  """`_update_loop` on one tensor: what the CPU kernel is checked against.
 
-  Fused foreach kernels need one device and dtype per call; grouping only
-  changes which tensors share a call, never a value.
+  Args:
+    param, z, grad, v: one parameter (holding y), its z, gradient and v.
+    scalars: the fields of `_UpdateScalars`, in order.
   """
-  buckets: dict[tuple[torch.device, torch.dtype], tuple[list, ...]] = {}
-  for index, param in enumerate(params):
-    bucket = buckets.setdefault(
-      (param.device, param.dtype), tuple([] for _ in range(1 + len(others)))
-    )
-    bucket[0].append(param)
-    for lists, tensors in zip(bucket[1:], others, strict=True):
-      lists.append(tensors[index])
-  return list(buckets.values())
+  param.grad = grad
+  state = {param: {'z': z, 'exp_avg_sq': v}}
+  _update_loop(state, [param], _UpdateScalars(*scalars))

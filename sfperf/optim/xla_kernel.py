@@ -14,14 +14,13 @@ step gives the same result with or without the kernel.
 
 import functools
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sfperf.optim import native_build
-from sfperf.optim.native_build import DISABLE_ENV, KernelUnavailable
+from sfperf.optim.native_build import KernelUnavailable
 
 # `sfperf pack` copies these beside this module when it vendors it.
 VENDORED_FILES = ('schedule_free_v1_xla.cc',)
@@ -81,63 +80,33 @@ def kernel_update(x, z, v, grad, step_scalars, *, beta2, eps):
   )
 
 
-def _probe_cases(beta2: float):
-  """(x, z, v, grad) arrays of the probe, float32 and bfloat16."""
-  rng = np.random.default_rng(0)
-  size = 70_001
-  x = rng.standard_normal(size).astype(np.float32)
-  z = x + 0.1 * rng.standard_normal(size).astype(np.float32)
-  grad = rng.standard_normal(size) * 10.0 ** rng.integers(-8, 4, size)
-  v = (rng.random(size) * 1e-3).astype(jnp.bfloat16)
-  v[::7] = 0
-  yield x, z, v, grad.astype(np.float32)
-  v_bits, grad = native_build.rounding_tie_cases(beta2)
-  x = rng.standard_normal(len(grad)).astype(np.float32)
-  yield x, x + np.float32(0.01), v_bits.view(jnp.bfloat16), grad
-  grad = native_build.special_values()
-  x = rng.standard_normal(len(grad)).astype(np.float32)
-  v = rng.random(len(grad)).astype(jnp.bfloat16)
-  yield x, x - np.float32(0.01), v, grad
-
-
-def _differ(got, want, is_v: bool) -> int:
-  """Elements whose bits differ; for v, any NaN matches any NaN."""
-  got, want = np.asarray(got), np.asarray(want)
-  if is_v:
-    both_nan = np.isnan(got.astype(np.float32)) & np.isnan(
-      want.astype(np.float32)
-    )
-    got, want = np.where(both_nan, 0, got), np.where(both_nan, 0, want)
-  integer = np.uint16 if got.dtype.itemsize == 2 else np.uint32
-  return int(np.sum(got.view(integer) != want.view(integer)))
-
-
 def _probe_mismatch(reference_update) -> str | None:
-  """Runs the kernel and `reference_update` on one probe; names a mismatch.
-
-  The probe covers gradients over twelve decades, v = 0, both lerp
-  branches, the rounding ties of v's update where fusing its multiply-add
-  matters (`native_build.rounding_tie_cases`), and NaN, infinite, zero and
-  subnormal gradients.
+  """Runs the kernel and `reference_update` on `native_build.probe_cases()`;
+  names the first mismatch, if any.
 
   Args:
     reference_update: the jax.numpy form, with `kernel_update`'s signature.
   """
-  beta2 = 0.9955159689799007
-  kernel_form = jax.jit(functools.partial(kernel_update, beta2=beta2, eps=1e-8))
-  jnp_form = jax.jit(functools.partial(reference_update, beta2=beta2, eps=1e-8))
-  for x, z, v, grad in _probe_cases(beta2):
-    for average in (1.0, 0.7, 0.01):
-      scalars = np.array([-7e-4, -6e-5, average], np.float32)
-      got = kernel_form(x, z, v, grad, scalars)
-      want = jnp_form(x, z, v, grad, scalars)
-      for name, got_values, want_values in zip('xzv', got, want, strict=True):
-        differ = _differ(got_values, want_values, name == 'v')
-        if differ:
-          return (
-            f'{name} differs in {differ} of {len(x)} elements at averaging '
-            f'weight {average}'
-          )
+  settings = {'beta2': native_build.PROBE_BETA2, 'eps': native_build.PROBE_EPS}
+  kernel_form = jax.jit(functools.partial(kernel_update, **settings))
+  jnp_form = jax.jit(functools.partial(reference_update, **settings))
+  for case in native_build.probe_cases():
+    step = np.array(
+      [
+        -native_build.PROBE_STEP_SIZE,
+        -native_build.PROBE_DECAY,
+        case.averaging_weight,
+      ],
+      np.float32,
+    )
+    args = (case.param, case.z, case.v_bits.view(jnp.bfloat16), case.grad)
+    results = [
+      [np.asarray(value) for value in form(*args, step)]
+      for form in (kernel_form, jnp_form)
+    ]
+    mismatch = native_build.differences(*results)
+    if mismatch is not None:
+      return f'{mismatch} at averaging weight {case.averaging_weight}'
   return None
 
 
@@ -148,9 +117,8 @@ def kernel_available(reference_update) -> bool:
   Warns once, saying why, where it is not; $SFPERF_NO_CPU_KERNEL=1 turns
   it off without a warning. Only the CPU backend uses it.
   """
-  if native_build.disabled():
-    return False
-  try:
+
+  def load() -> bool:
     _register()
     # Called while the update is traced: run the probe now, not staged into
     # the caller's computation.
@@ -160,13 +128,9 @@ def kernel_available(reference_update) -> bool:
       raise KernelUnavailable(
         f'its update is not bit-identical to the jax.numpy form ({mismatch})'
       )
-  except KernelUnavailable as error:
-    warnings.warn(
-      f'schedule_free_adamw_v1: one-pass CPU kernel not used, {error}; '
-      f'using jax.numpy (same math, slower on CPU). Set {DISABLE_ENV}=1 '
-      'to silence.',
-      RuntimeWarning,
-      stacklevel=3,
-    )
-    return False
-  return True
+    return True
+
+  available = native_build.checked(
+    'schedule_free_adamw_v1', 'jax.numpy (same math, slower on CPU)', load
+  )
+  return bool(available)

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from sfperf.optim import ScheduleFreeAdamWV1, cpu_kernel, native_build
+from sfperf.optim import (
+  ScheduleFreeAdamWV1,
+  cpu_kernel,
+  native_build,
+  schedule_free_v1,
+)
 
 
 @pytest.fixture
@@ -26,6 +31,11 @@ def fresh_kernel(tmp_path, monkeypatch):
   cpu_kernel.load_kernel.cache_clear()
   yield tmp_path / 'cache'
   cpu_kernel.load_kernel.cache_clear()
+
+
+def _load():
+  """The kernel as the optimizer loads it."""
+  return cpu_kernel.load_kernel(schedule_free_v1._reference_step)
 
 
 def _train(optimizer_kwargs, steps=4):
@@ -54,7 +64,7 @@ def _train(optimizer_kwargs, steps=4):
 def test_builds_once_into_the_cache_and_reuses_it(fresh_kernel):
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    assert cpu_kernel.load_kernel() is not None
+    assert _load() is not None
   (library,) = fresh_kernel.glob('*.so')
   built_at = library.stat().st_mtime_ns
   assert not list(fresh_kernel.glob('*tmp*'))  # the build was atomic
@@ -63,13 +73,13 @@ def test_builds_once_into_the_cache_and_reuses_it(fresh_kernel):
   )
 
   cpu_kernel.load_kernel.cache_clear()
-  assert cpu_kernel.load_kernel() is not None
+  assert _load() is not None
   assert library.stat().st_mtime_ns == built_at
   assert list(fresh_kernel.glob('*.so')) == [library]
 
 
 def test_the_kernel_takes_every_float32_cpu_tensor(fresh_kernel, monkeypatch):
-  assert cpu_kernel.load_kernel() is not None  # built and probed already
+  assert _load() is not None  # built and probed already
   taken = {'lerp': 0, 'update': 0}
   real_lerp, real_update = (
     cpu_kernel.CpuKernel.lerp_,
@@ -122,7 +132,7 @@ def test_thread_count_does_not_change_a_bit(fresh_kernel):
 def test_no_compiler_falls_back_with_one_warning(fresh_kernel, monkeypatch):
   monkeypatch.setenv('CC', str(fresh_kernel / 'no-such-compiler'))
   with pytest.warns(RuntimeWarning, match='one-pass CPU kernel not used'):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # cached: no second warning
     fallback = _train({})
@@ -138,21 +148,18 @@ def test_a_build_error_names_the_compiler_output(fresh_kernel, monkeypatch):
   with pytest.warns(
     RuntimeWarning, match=r'failed on broken\.c \(exit 1\): .*error'
   ):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
   assert not list(fresh_kernel.glob('*'))  # nothing half-written is kept
 
 
-def test_a_kernel_that_differs_from_torch_is_not_used(
-  fresh_kernel, monkeypatch
-):
-  real = cpu_kernel._reference_update
-
+def test_a_kernel_that_differs_from_torch_is_not_used(fresh_kernel):
   def reference_with_other_eps(param, z, grad, v, scalars):
-    real(param, z, grad, v, (*scalars[:3], 1e-3, *scalars[4:]))
+    schedule_free_v1._reference_step(
+      param, z, grad, v, (*scalars[:3], 1e-3, *scalars[4:])
+    )
 
-  monkeypatch.setattr(cpu_kernel, '_reference_update', reference_with_other_eps)
   with pytest.warns(RuntimeWarning, match='not bit-identical.*differs in'):
-    assert cpu_kernel.load_kernel() is None
+    assert cpu_kernel.load_kernel(reference_with_other_eps) is None
 
 
 def test_the_environment_switch_turns_it_off_silently(
@@ -161,7 +168,7 @@ def test_the_environment_switch_turns_it_off_silently(
   monkeypatch.setenv(native_build.DISABLE_ENV, '1')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
     _train({})
     with pytest.raises(RuntimeError, match='SFPERF_NO_CPU_KERNEL is set'):
       _train({'fused': True})
@@ -209,7 +216,7 @@ def test_the_probe_includes_the_rounding_ties_where_fusing_matters():
 def test_a_damaged_cached_build_is_rebuilt_not_loaded(fresh_kernel):
   # Loading a truncated shared object kills the process (SIGBUS), so the
   # digest written beside each build must catch it first.
-  assert cpu_kernel.load_kernel() is not None
+  assert _load() is not None
   (library,) = fresh_kernel.glob('*.so')
   whole = library.read_bytes()
   # A new file, not a write into the old one: this process has that one
@@ -220,7 +227,7 @@ def test_a_damaged_cached_build_is_rebuilt_not_loaded(fresh_kernel):
 
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    assert cpu_kernel.load_kernel() is not None
+    assert _load() is not None
   assert library.read_bytes() == whole  # the same build, made again
 
 
@@ -231,14 +238,14 @@ def test_a_hanging_compiler_times_out(fresh_kernel, monkeypatch, tmp_path):
   monkeypatch.setenv('CC', str(compiler))
   monkeypatch.setattr(native_build, 'VERSION_TIMEOUT_SEC', 0.5)
   with pytest.warns(RuntimeWarning, match=r'did not finish in 0 s'):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
 
 
 def test_cc_may_carry_arguments(fresh_kernel, monkeypatch):
   monkeypatch.setenv('CC', 'gcc -DSFPERF_TEST_ARGUMENT=1')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    assert cpu_kernel.load_kernel() is not None
+    assert _load() is not None
 
 
 def test_an_unusable_cache_folder_is_named(fresh_kernel, monkeypatch, tmp_path):
@@ -248,7 +255,7 @@ def test_an_unusable_cache_folder_is_named(fresh_kernel, monkeypatch, tmp_path):
   with pytest.warns(
     RuntimeWarning, match=f'kernel cache .*unusable.*{native_build.CACHE_ENV}'
   ):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
 
 
 def test_tensor_subclasses_go_through_torch_ops(tmp_path):
@@ -286,12 +293,12 @@ def test_a_build_with_unsafe_float_flags_fails_the_probe(
   # infinite gradients catch what -ffinite-math-only gets wrong.
   monkeypatch.setenv('CC', 'gcc -ffinite-math-only')
   with pytest.warns(RuntimeWarning, match='not bit-identical'):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
   monkeypatch.setenv('CC', 'gcc')
   cpu_kernel.load_kernel.cache_clear()
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    assert cpu_kernel.load_kernel() is not None
+    assert _load() is not None
   assert len(list(fresh_kernel.glob('*.so'))) == 2  # two keys, two builds
 
 
@@ -304,7 +311,7 @@ def test_an_unparsable_cc_falls_back(fresh_kernel, monkeypatch, value, message):
   if not value.strip():
     monkeypatch.setenv('PATH', str(fresh_kernel))  # and no cc on the PATH
   with pytest.warns(RuntimeWarning, match=message):
-    assert cpu_kernel.load_kernel() is None
+    assert _load() is None
 
 
 def test_a_library_without_the_kernel_symbols_is_not_used(fresh_kernel):

@@ -226,7 +226,7 @@ def test_bf16_second_moment_rounds_alike_for_every_bf16_value(beta2):
     decay=1e-4,
     averaging_weight=0.1,
   )
-  kernel = cpu_kernel.load_kernel()
+  kernel = cpu_kernel.load_kernel(schedule_free_v1._reference_step)
   assert kernel is not None
 
   def update_with_kernel(state, params, scalars):

@@ -113,7 +113,9 @@ change = max(
 assert change > 0, 'parameters did not change'
 assert not any(name.split('.')[0] == 'sfperf' for name in sys.modules)
 # The one-pass CPU kernel was built from the packed copy of its source.
-assert sys.modules['{name}.cpu_kernel'].load_kernel() is not None
+assert sys.modules['{name}.cpu_kernel'].load_kernel(
+  sys.modules['{name}.schedule_free_v1']._reference_step
+) is not None
 assert sys.modules['{name}.native_build'].C_SOURCE.parent.name == '{name}'
 print('PACKED-OK', batch_size, change)
 """
